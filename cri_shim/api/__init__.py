@@ -1,0 +1,1 @@
+"""Generated CRI v1 protobuf and gRPC stubs (see proto/ and hack/gen-proto)."""
