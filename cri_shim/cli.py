@@ -1,0 +1,109 @@
+"""Command line: ``cri-shim serve``, ``cri-shim ctl ...``, ``cri-shim --version``.
+
+The only module that configures logging handlers.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import signal
+import sys
+import threading
+
+from . import __version__
+
+log = logging.getLogger("cri_shim")
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["ctl"]:
+        # ctl has its own parser (and options such as -r that argparse's REMAINDER
+        # would refuse to pass through).
+        from . import ctl
+        return ctl.main(argv[1:])
+    parser = argparse.ArgumentParser(prog="cri-shim", description=(
+        "A CRI runtime service for the pod-networking path: kubelet, crictl or critest "
+        "talk CRI over a unix socket, and pod sandboxes get their IPs from real CNI plugins."))
+    parser.add_argument("--version", action="version", version=f"cri-shim {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    serve_p = sub.add_parser("serve", help="serve CRI on a unix socket")
+    serve_p.add_argument("--config", metavar="FILE",
+                         help="containerd-style TOML config (default: the embedded one)")
+    serve_p.add_argument("--listen", metavar="PATH", help="unix socket path (overrides [grpc] address)")
+    serve_p.add_argument("--root", metavar="DIR", help="persistent state directory (overrides root)")
+    serve_p.add_argument("--state", metavar="DIR", help="volatile state directory (overrides state)")
+    serve_p.add_argument("--cni-conf-dir", metavar="DIR", help="overrides the CNI conf_dir")
+    serve_p.add_argument("--cni-bin-dir", metavar="DIR", action="append",
+                         help="overrides the CNI bin_dirs (repeatable)")
+    serve_p.add_argument("--cni-cache-dir", metavar="DIR",
+                         help="libcni's cache dir (default /var/lib/cni)")
+    serve_p.add_argument("--netns-dir", metavar="DIR", help="where pod netns are pinned (default /var/run/netns)")
+    serve_p.add_argument("--log-level", default=os.environ.get("CRI_SHIM_LOG_LEVEL", "info"),
+                         choices=["debug", "info", "warning", "error"])
+    serve_p.add_argument("--print-config", action="store_true",
+                         help="print the effective configuration and exit")
+
+    sub.add_parser("ctl", help="a small CRI client (crictl's pod commands); see `ctl --help`")
+
+    args = parser.parse_args(argv)
+    if args.command == "serve":
+        return _serve(args)
+    parser.print_help(sys.stderr)
+    return 2
+
+
+def _serve(args: argparse.Namespace) -> int:
+    logging.basicConfig(level=args.log_level.upper(), stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    from . import config as config_mod
+    from .errors import ConfigFileError
+
+    try:
+        cfg = config_mod.load(args.config)
+    except ConfigFileError as exc:
+        print(f"cri-shim: {exc}", file=sys.stderr)
+        return 2
+    cfg = cfg.replace(**{k: v for k, v in (("address", args.listen), ("root", args.root),
+                                           ("state", args.state)) if v})
+    cni_overrides = {"conf_dir": args.cni_conf_dir, "cache_dir": args.cni_cache_dir,
+                     "netns_dir": args.netns_dir,
+                     "bin_dirs": tuple(args.cni_bin_dir) if args.cni_bin_dir else None}
+    cfg = cfg.replace_cni(**{k: v for k, v in cni_overrides.items() if v})
+    if args.print_config:
+        import dataclasses
+        import json
+        print(json.dumps(dataclasses.asdict(cfg), indent=2))
+        return 0
+    if os.geteuid() != 0:
+        log.warning("not running as root: pinning network namespaces will fail")
+
+    from .manager import SandboxManager
+    from .podnet import PodNetwork
+    from .server import SocketInUse, serve
+    from .store import FileStore
+
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    try:
+        os.makedirs(cfg.state, mode=0o700, exist_ok=True)
+        manager = SandboxManager(cfg, PodNetwork(cfg.cni), FileStore(os.path.join(cfg.root, "sandboxes")))
+        log.info("config %s: root=%s state=%s conf_dir=%s bin_dirs=%s", cfg.source, cfg.root,
+                 cfg.state, cfg.cni.conf_dir, ":".join(cfg.cni.bin_dirs))
+        manager.recover()
+        serve(manager, cfg.address, stop)
+    except SocketInUse as exc:
+        print(f"cri-shim: {exc.strerror}", file=sys.stderr)
+        return 1
+    except OSError as exc:
+        print(f"cri-shim: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,213 @@
+"""Configuration: a containerd-style TOML file, read once at start-up.
+
+cri-shim reads the parts of containerd's config that concern the networking path:
+top-level ``root`` and ``state``, ``[grpc] address``, and the CNI table, either in the
+version 2 form ``[plugins."io.containerd.grpc.v1.cri".cni]`` or the version 3 form
+``[plugins."io.containerd.cri.v1.runtime".cni]`` (containerd docs/cri/config.md).
+Keys cri-shim adds of its own live in the same CNI table and are marked below.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import tomllib
+from dataclasses import dataclass, field
+from importlib import resources
+from typing import Any, Mapping
+
+from .errors import ConfigFileError
+
+log = logging.getLogger(__name__)
+
+V2_CRI = "io.containerd.grpc.v1.cri"
+V3_RUNTIME = "io.containerd.cri.v1.runtime"
+IP_PREFS = ("ipv4", "ipv6", "cni")
+CGROUP_DRIVERS = ("systemd", "cgroupfs")
+
+
+@dataclass(frozen=True, kw_only=True)
+class CNISettings:
+    """The CNI table. Defaults are containerd's unless marked."""
+
+    bin_dirs: tuple[str, ...] = ("/opt/cni/bin",)
+    conf_dir: str = "/etc/cni/net.d"
+    max_conf_num: int = 1
+    conf_template: str = ""
+    ip_pref: str = "ipv4"
+    setup_serially: bool = False
+    use_internal_loopback: bool = False
+    # cri-shim's own keys:
+    cache_dir: str = "/var/lib/cni"        # libcni's CacheDir (results/ lives below it)
+    netns_dir: str = "/var/run/netns"      # where pod network namespaces are pinned
+    plugin_timeout: float = 60.0           # seconds one plugin exec may take
+
+
+@dataclass(frozen=True, kw_only=True)
+class Config:
+    root: str = "/var/lib/cri-shim"
+    state: str = "/run/cri-shim"
+    address: str = "/run/cri-shim/cri-shim.sock"
+    cgroup_driver: str = "systemd"
+    cni: CNISettings = field(default_factory=CNISettings)
+    source: str = "<embedded default>"
+
+    def replace(self, **changes: Any) -> "Config":
+        return dataclasses.replace(self, **changes)
+
+    def replace_cni(self, **changes: Any) -> "Config":
+        return dataclasses.replace(self, cni=dataclasses.replace(self.cni, **changes))
+
+
+def default_config_text() -> str:
+    return resources.files("cri_shim").joinpath("default-config.toml").read_text()
+
+
+def load(path: str | None) -> Config:
+    """Read FILE, or the embedded default when *path* is None."""
+    if path is None:
+        return parse(default_config_text(), source="<embedded default>")
+    try:
+        with open(path, encoding="utf-8") as f:
+            text = f.read()
+    except OSError as exc:
+        raise ConfigFileError(f"cannot read config file {path}: {exc.strerror}") from exc
+    return parse(text, source=path)
+
+
+def parse(text: str, *, source: str) -> Config:
+    """Parse containerd-style TOML *text*; every error names *source* and the key."""
+    try:
+        doc = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigFileError(f"{source}: invalid TOML: {exc}") from exc
+    reader = _Reader(source)
+    version = doc.get("version", 2)
+    if version not in (1, 2, 3):
+        raise ConfigFileError(f"{source}: unsupported config version {version!r} (want 2 or 3)")
+    grpc_table = reader.table(doc, "grpc")
+    plugins = reader.table(doc, "plugins")
+    cri_table, cri_name = _cri_table(reader, plugins, version)
+    cni_table = reader.table(cri_table, "cni", where=f'plugins."{cri_name}"')
+    cfg = Config(
+        root=reader.string(doc, "root", Config.root),
+        state=reader.string(doc, "state", Config.state),
+        address=reader.string(grpc_table, "address", Config.address, where="grpc"),
+        cgroup_driver=_cgroup_driver(reader, cri_table, cri_name),
+        cni=_cni_settings(reader, cni_table, f'plugins."{cri_name}".cni'),
+        source=source,
+    )
+    return cfg
+
+
+def _cri_table(reader: "_Reader", plugins: Mapping[str, Any], version: int) -> tuple[dict, str]:
+    has_v2, has_v3 = V2_CRI in plugins, V3_RUNTIME in plugins
+    if has_v2 and has_v3:
+        raise ConfigFileError(
+            f'{reader.source}: both plugins."{V2_CRI}" and plugins."{V3_RUNTIME}" are set; '
+            "use one (version 2 or version 3 layout)")
+    name = V3_RUNTIME if (has_v3 or (version == 3 and not has_v2)) else V2_CRI
+    return reader.table(plugins, name, where="plugins"), name
+
+
+def _cgroup_driver(reader: "_Reader", cri_table: Mapping[str, Any], cri_name: str) -> str:
+    # containerd keeps the driver on the runc runtime: ...containerd.runtimes.runc.options.
+    # SystemdCgroup. cri-shim also takes a plain `cgroup_driver` key in the CRI table.
+    where = f'plugins."{cri_name}"'
+    driver = reader.string(cri_table, "cgroup_driver", "", where=where)
+    if driver:
+        if driver not in CGROUP_DRIVERS:
+            raise ConfigFileError(
+                f"{reader.source}: {where}.cgroup_driver = {driver!r}: "
+                f"want one of {', '.join(CGROUP_DRIVERS)}")
+        return driver
+    opts: Any = cri_table
+    for key in ("containerd", "runtimes", "runc", "options"):
+        opts = opts.get(key, {}) if isinstance(opts, dict) else {}
+    systemd = opts.get("SystemdCgroup") if isinstance(opts, dict) else None
+    if systemd is None:
+        return "systemd"
+    if not isinstance(systemd, bool):
+        raise ConfigFileError(f"{reader.source}: SystemdCgroup must be true or false")
+    return "systemd" if systemd else "cgroupfs"
+
+
+def _cni_settings(reader: "_Reader", t: Mapping[str, Any], where: str) -> CNISettings:
+    d = CNISettings()
+    known = {f.name for f in dataclasses.fields(CNISettings)} | {"bin_dir"}
+    for key in t:
+        if key not in known:
+            log.warning("%s: ignoring unknown key %s.%s", reader.source, where, key)
+    if "bin_dir" in t and "bin_dirs" in t:
+        raise ConfigFileError(
+            f"{reader.source}: {where}: `bin_dir` and `bin_dirs` are both set; "
+            "set only one (bin_dirs is the containerd 2.x form)")
+    if "bin_dir" in t:
+        bin_dirs: tuple[str, ...] = (reader.string(t, "bin_dir", "", where=where),)
+    else:
+        bin_dirs = reader.string_list(t, "bin_dirs", list(d.bin_dirs), where=where)
+    if not bin_dirs or not all(bin_dirs):
+        raise ConfigFileError(f"{reader.source}: {where}.bin_dirs must name at least one directory")
+    max_conf_num = reader.integer(t, "max_conf_num", d.max_conf_num, where=where)
+    if max_conf_num < 0:
+        raise ConfigFileError(f"{reader.source}: {where}.max_conf_num must be >= 0 (0 = all)")
+    ip_pref = reader.string(t, "ip_pref", "", where=where) or "ipv4"
+    if ip_pref not in IP_PREFS:
+        raise ConfigFileError(
+            f"{reader.source}: {where}.ip_pref = {ip_pref!r}: want one of {', '.join(IP_PREFS)}")
+    timeout = t.get("plugin_timeout", d.plugin_timeout)
+    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or timeout <= 0:
+        raise ConfigFileError(f"{reader.source}: {where}.plugin_timeout must be a positive number of seconds")
+    return CNISettings(
+        bin_dirs=bin_dirs,
+        conf_dir=reader.string(t, "conf_dir", d.conf_dir, where=where),
+        max_conf_num=max_conf_num,
+        conf_template=reader.string(t, "conf_template", d.conf_template, where=where),
+        ip_pref=ip_pref,
+        setup_serially=reader.boolean(t, "setup_serially", d.setup_serially, where=where),
+        use_internal_loopback=reader.boolean(t, "use_internal_loopback", d.use_internal_loopback, where=where),
+        cache_dir=reader.string(t, "cache_dir", d.cache_dir, where=where),
+        netns_dir=reader.string(t, "netns_dir", d.netns_dir, where=where),
+        plugin_timeout=float(timeout),
+    )
+
+
+class _Reader:
+    """Typed access to TOML tables; every error names the file and the dotted key."""
+
+    def __init__(self, source: str) -> None:
+        self.source = source
+
+    def _fail(self, where: str, key: str, want: str, got: Any) -> ConfigFileError:
+        dotted = f"{where}.{key}" if where else key
+        return ConfigFileError(f"{self.source}: {dotted} must be {want}, not {type(got).__name__} {got!r}")
+
+    def table(self, t: Mapping[str, Any], key: str, *, where: str = "") -> dict:
+        v = t.get(key, {})
+        if not isinstance(v, dict):
+            raise self._fail(where, key, "a table", v)
+        return v
+
+    def string(self, t: Mapping[str, Any], key: str, default: str, *, where: str = "") -> str:
+        v = t.get(key, default)
+        if not isinstance(v, str):
+            raise self._fail(where, key, "a string", v)
+        return v
+
+    def string_list(self, t: Mapping[str, Any], key: str, default: list[str], *, where: str = "") -> tuple[str, ...]:
+        v = t.get(key, default)
+        if not isinstance(v, list) or not all(isinstance(x, str) for x in v):
+            raise self._fail(where, key, "a list of strings", v)
+        return tuple(v)
+
+    def integer(self, t: Mapping[str, Any], key: str, default: int, *, where: str = "") -> int:
+        v = t.get(key, default)
+        if isinstance(v, bool) or not isinstance(v, int):
+            raise self._fail(where, key, "an integer", v)
+        return v
+
+    def boolean(self, t: Mapping[str, Any], key: str, default: bool, *, where: str = "") -> bool:
+        v = t.get(key, default)
+        if not isinstance(v, bool):
+            raise self._fail(where, key, "true or false", v)
+        return v

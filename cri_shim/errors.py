@@ -1,0 +1,105 @@
+"""The one error tree of cri-shim, and the one place that maps it to gRPC codes.
+
+::
+
+    ShimError                         (any failure cri-shim reports)
+    ├── InvalidArgument               INVALID_ARGUMENT  bad pod config, bad sandbox id
+    ├── NotFound                      NOT_FOUND         unknown sandbox / container
+    ├── AlreadyExists                 ALREADY_EXISTS    sandbox name reserved by another
+    ├── FailedPrecondition            FAILED_PRECONDITION
+    │   └── NetworkNotReady                             no CNI config loaded
+    ├── NetworkError                  (code from the CNI error it wraps, see below)
+    └── ConfigFileError               not a gRPC error: the CLI exits 2 with it
+
+CNI errors (``cni.CNIError`` and its subclasses) raised below the sandbox manager are
+wrapped in ``NetworkError`` with ``raise ... from``; the plugin's own code, message and
+details stay in the text the client sees, e.g.
+``failed to set up network for sandbox "ab12..": plugin "bridge" failed on ADD: CNI error 7 ...``.
+"""
+
+from __future__ import annotations
+
+import grpc
+
+import cni
+
+__all__ = [
+    "ShimError",
+    "InvalidArgument",
+    "NotFound",
+    "AlreadyExists",
+    "FailedPrecondition",
+    "NetworkNotReady",
+    "NetworkError",
+    "ConfigFileError",
+    "grpc_status",
+]
+
+# What Status reports and RunPodSandbox answers while no CNI config is loaded: the exact
+# words containerd uses, which kubelet surfaces in the node's NetworkReady condition.
+NETWORK_NOT_READY_REASON = "NetworkPluginNotReady"
+NETWORK_NOT_READY_MESSAGE = "Network plugin returns error: cni plugin not initialized"
+
+
+class ShimError(Exception):
+    """Base of every error cri-shim reports to a client."""
+
+    code: grpc.StatusCode = grpc.StatusCode.UNKNOWN
+
+
+class InvalidArgument(ShimError):
+    code = grpc.StatusCode.INVALID_ARGUMENT
+
+
+class NotFound(ShimError):
+    code = grpc.StatusCode.NOT_FOUND
+
+
+class AlreadyExists(ShimError):
+    code = grpc.StatusCode.ALREADY_EXISTS
+
+
+class FailedPrecondition(ShimError):
+    code = grpc.StatusCode.FAILED_PRECONDITION
+
+
+class NetworkNotReady(FailedPrecondition):
+    def __init__(self, detail: str = "") -> None:
+        msg = NETWORK_NOT_READY_MESSAGE
+        super().__init__(f"{msg}: {detail}" if detail else msg)
+
+
+class NetworkError(ShimError):
+    """A CNI operation failed; ``__cause__`` is the ``cni.CNIError``."""
+
+    def __init__(self, message: str, cause: cni.CNIError) -> None:
+        super().__init__(f"{message}: {cause}")
+        self.cause = cause
+        self.code = _cni_code(cause)
+
+
+class ConfigFileError(ShimError):
+    """The TOML configuration is unreadable or wrong; raised before serving."""
+
+    code = grpc.StatusCode.INVALID_ARGUMENT
+
+
+def _cni_code(err: cni.CNIError) -> grpc.StatusCode:
+    # A plugin or config nobody can run is the node's state, not the request's fault.
+    if isinstance(err, (cni.PluginNotFound, cni.ConfigError)):
+        return grpc.StatusCode.FAILED_PRECONDITION
+    if isinstance(err, cni.ExecTimeout):
+        return grpc.StatusCode.DEADLINE_EXCEEDED
+    if err.code == cni.ERR_TRY_AGAIN_LATER:
+        return grpc.StatusCode.UNAVAILABLE
+    # containerd returns a plain (UNKNOWN) error for a failed plugin; so do we.
+    return grpc.StatusCode.UNKNOWN
+
+
+def grpc_status(exc: BaseException) -> tuple[grpc.StatusCode, str]:
+    """Map any exception to the (code, message) a gRPC client gets."""
+    if isinstance(exc, ShimError):
+        return exc.code, str(exc)
+    if isinstance(exc, cni.CNIError):
+        return _cni_code(exc), str(exc)
+    return grpc.StatusCode.INTERNAL, f"internal error: {type(exc).__name__}: {exc}"

@@ -1,0 +1,260 @@
+"""The sandbox manager: a pod sandbox's life, from RunPodSandbox to RemovePodSandbox.
+
+It owns the in-memory index of sandboxes, the on-disk store, the pinned network
+namespaces and the CNI attachments; it knows nothing of gRPC or protobuf.
+
+Locking contract: ``self._lock`` guards ``self._sandboxes`` and ``self._names`` and is
+held only for dictionary work, never across a plugin exec or a netns operation. Each
+sandbox has its own lock (``_Entry.lock``), taken by the public methods that change that
+sandbox and held across its netns/CNI work; private methods never take locks. So two
+pods are networked in parallel, and Stop/Remove of one pod serialise only with each other.
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Callable, Mapping
+
+import cni
+
+from . import netns as netns_mod
+from .config import Config
+from .errors import AlreadyExists, InvalidArgument, NetworkError, NetworkNotReady, NotFound
+from .podconfig import SandboxSpec, parse_pod_config
+from .podnet import PodNetwork, PodNetworkSpec, pod_ips, result_json
+from .store import CREATING, NOTREADY, READY, SandboxRecord, Store
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, kw_only=True)
+class SandboxFilter:
+    id: str = ""
+    state: str | None = None
+    labels: Mapping[str, str] = field(default_factory=dict)
+
+
+@dataclass
+class _Entry:
+    record: SandboxRecord
+    lock: threading.Lock = field(default_factory=threading.Lock)
+    removed: bool = False
+
+
+class SandboxManager:
+    def __init__(self, config: Config, network: PodNetwork, store: Store, *,
+                 clock: Callable[[], int] = time.time_ns,
+                 pin: Callable[..., None] = netns_mod.pin,
+                 unpin: Callable[[str], None] = netns_mod.unpin) -> None:
+        self.config = config
+        self.network = network
+        self.store = store
+        self._clock = clock
+        self._pin, self._unpin = pin, unpin
+        self._lock = threading.Lock()
+        self._sandboxes: dict[str, _Entry] = {}
+        self._names: dict[str, str] = {}   # reserved sandbox name -> id
+
+    # -- start-up -----------------------------------------------------------------
+
+    def recover(self) -> None:
+        """Load the store; finish the teardown of sandboxes a crash left half made."""
+        for rec in self.store.load_all():
+            if rec.state == CREATING:
+                log.warning("sandbox %s (%s/%s) was being created when the last run stopped; "
+                            "tearing it down", rec.id[:12], rec.namespace, rec.name)
+                try:
+                    self._teardown(rec)
+                except NetworkError as exc:
+                    log.error("sandbox %s: teardown after crash failed (%s); kept as NOTREADY "
+                              "so a stop or remove can retry it", rec.id[:12], exc)
+                    rec = rec.replace(state=NOTREADY)
+                    self.store.put(rec)
+                else:
+                    self.store.delete(rec.id)
+                    continue
+            with self._lock:
+                self._sandboxes[rec.id] = _Entry(rec)
+                self._names[_name_key(rec)] = rec.id
+        log.info("recovered %d sandboxes from %s", len(self._sandboxes), getattr(self.store, "directory", "store"))
+
+    # -- RunPodSandbox ------------------------------------------------------------
+
+    def run(self, spec: SandboxSpec) -> str:
+        """Create a sandbox and network it; return its 64-hex-char id.
+
+        On any failure everything done so far is undone (DEL, unpin, drop the record)
+        before the error is raised.
+        """
+        sandbox_id = secrets.token_hex(32)
+        rec = SandboxRecord(id=sandbox_id, name=spec.name, namespace=spec.namespace,
+                            uid=spec.uid, attempt=spec.attempt, state=CREATING,
+                            created_at=self._clock(), host_network=spec.host_network,
+                            config=spec.config)
+        entry = _Entry(rec)
+        key = _name_key(rec)
+        with entry.lock:
+            with self._lock:
+                if key in self._names:
+                    raise AlreadyExists(
+                        f'sandbox name "{key}" is reserved for sandbox {self._names[key]}')
+                self._names[key] = sandbox_id
+                self._sandboxes[sandbox_id] = entry
+            try:
+                entry.record = self._create(rec, spec)
+            except BaseException:
+                with self._lock:
+                    self._sandboxes.pop(sandbox_id, None)
+                    self._names.pop(key, None)
+                entry.removed = True
+                raise
+        log.info("sandbox %s ready: %s/%s ips=%s", sandbox_id[:12], spec.namespace, spec.name,
+                 self.ips(entry.record) or "-")
+        return sandbox_id
+
+    def _create(self, rec: SandboxRecord, spec: SandboxSpec) -> SandboxRecord:
+        if rec.host_network:
+            rec = rec.replace(state=READY)
+            self.store.put(rec)
+            return rec
+        try:
+            planned = self.network.plan()
+        except cni.CNIError as exc:
+            raise NetworkError(f'failed to set up network for sandbox "{rec.id}"', exc) from exc
+        if not planned:
+            raise NetworkNotReady(self.network.not_ready_detail())
+        rec = rec.replace(netns_path=netns_mod.new_path(self.config.cni.netns_dir),
+                          networks=planned)
+        self.store.put(rec)   # the intent, before anything is made
+        try:
+            self._pin(rec.netns_path, loopback_up=self.config.cni.use_internal_loopback)
+            results = self.network.setup(planned, spec.network, rec.id, rec.netns_path)
+        except BaseException as exc:
+            try:
+                self._teardown(rec)
+            except Exception as undo:  # keep the record: the next start retries the undo
+                log.error("sandbox %s: undoing a failed set-up failed too: %s", rec.id[:12], undo)
+                rec = rec.replace(state=NOTREADY)
+                self.store.put(rec)
+            else:
+                self.store.delete(rec.id)
+            if isinstance(exc, cni.CNIError):
+                raise NetworkError(f'failed to set up network for sandbox "{rec.id}"', exc) from exc
+            if isinstance(exc, OSError):
+                raise NetworkError(f'failed to create network namespace for sandbox "{rec.id}"',
+                                   cni.CNIError(cni.ERR_IO_FAILURE, str(exc))) from exc
+            raise
+        rec = rec.replace(state=READY,
+                          results={ifname: result_json(r) for ifname, r in results.items()})
+        self.store.put(rec)
+        return rec
+
+    # -- StopPodSandbox / RemovePodSandbox ---------------------------------------
+
+    def stop(self, sandbox_id: str) -> None:
+        """Tear the network down and unpin the netns; idempotent, OK for an unknown id."""
+        entry = self._find(sandbox_id, missing_ok=True)
+        if entry is None:
+            return
+        with entry.lock:
+            if entry.removed:
+                return
+            self._stop(entry)
+
+    def remove(self, sandbox_id: str) -> None:
+        """Stop if needed, then forget the sandbox; OK for an unknown id."""
+        entry = self._find(sandbox_id, missing_ok=True)
+        if entry is None:
+            return
+        with entry.lock:
+            if entry.removed:
+                return
+            self._stop(entry)
+            self.store.delete(entry.record.id)
+            entry.removed = True
+            with self._lock:
+                self._sandboxes.pop(entry.record.id, None)
+                if self._names.get(_name_key(entry.record)) == entry.record.id:
+                    del self._names[_name_key(entry.record)]
+        log.info("sandbox %s removed", entry.record.id[:12])
+
+    def _stop(self, entry: _Entry) -> None:
+        rec = entry.record
+        if rec.state == NOTREADY and not (rec.netns_path and netns_mod.is_pinned(rec.netns_path)):
+            return
+        self._teardown(rec)
+        entry.record = rec.replace(state=NOTREADY)
+        self.store.put(entry.record)
+        log.info("sandbox %s stopped", rec.id[:12])
+
+    def _teardown(self, rec: SandboxRecord) -> None:
+        """DEL the planned networks (best effort), then unpin the netns.
+
+        The netns is unpinned only when every DEL worked: like containerd, a failed DEL
+        keeps the sandbox as it is, so a retried stop can finish the job.
+        """
+        if rec.networks:
+            spec = _network_spec_from_record(rec)
+            netns = rec.netns_path if netns_mod.is_pinned(rec.netns_path) else ""
+            try:
+                self.network.teardown(rec.networks, spec, rec.id, netns)
+            except cni.CNIError as exc:
+                raise NetworkError(f'failed to destroy network for sandbox "{rec.id}"', exc) from exc
+        if rec.netns_path:
+            self._unpin(rec.netns_path)
+
+    # -- queries ------------------------------------------------------------------
+
+    def get(self, sandbox_id: str) -> SandboxRecord:
+        entry = self._find(sandbox_id)
+        assert entry is not None
+        return entry.record
+
+    def list(self, flt: SandboxFilter | None = None) -> list[SandboxRecord]:
+        flt = flt or SandboxFilter()
+        with self._lock:
+            records = [e.record for e in self._sandboxes.values()]
+        if flt.id:
+            records = [r for r in records if r.id.startswith(flt.id)]
+        if flt.state is not None:
+            records = [r for r in records if r.state == flt.state]
+        if flt.labels:
+            records = [r for r in records
+                       if all(r.labels.get(k) == v for k, v in flt.labels.items())]
+        return sorted(records, key=lambda r: r.created_at)
+
+    def ips(self, rec: SandboxRecord) -> list[str]:
+        """The pod's IPs on eth0, primary first (empty for host network or when stopped)."""
+        if rec.host_network or rec.state != READY:
+            return []
+        return pod_ips(rec.results, "eth0", self.config.cni.ip_pref)
+
+    def _find(self, sandbox_id: str, *, missing_ok: bool = False) -> _Entry | None:
+        """Look up by full id or unique prefix (as containerd's id index does)."""
+        if not sandbox_id:
+            raise InvalidArgument("sandbox id is required")
+        with self._lock:
+            entry = self._sandboxes.get(sandbox_id)
+            if entry is None:
+                matches = [e for i, e in self._sandboxes.items() if i.startswith(sandbox_id)]
+                if len(matches) > 1:
+                    raise InvalidArgument(f'sandbox id prefix "{sandbox_id}" is ambiguous: '
+                                          f"{len(matches)} sandboxes match")
+                entry = matches[0] if matches else None
+        if entry is None and not missing_ok:
+            raise NotFound(f'an error occurred when try to find sandbox: not found: "{sandbox_id}"')
+        return entry
+
+
+def _name_key(rec: SandboxRecord) -> str:
+    # containerd's sandbox name: <name>_<namespace>_<uid>_<attempt>
+    return f"{rec.name}_{rec.namespace}_{rec.uid}_{rec.attempt}"
+
+
+def _network_spec_from_record(rec: SandboxRecord) -> PodNetworkSpec:
+    # Teardown must work from the record alone (also after a restart).
+    return parse_pod_config(rec.config).network

@@ -1,0 +1,90 @@
+"""A PodSandboxConfig, checked and turned into what the sandbox manager needs.
+
+The input is the config as proto-JSON with the proto's own (snake_case) field names,
+the same shape ``crictl runp`` files have and the same shape the store keeps, so a
+restarted server rebuilds exactly what it started from.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Mapping
+
+from .errors import InvalidArgument
+from .podnet import DNSConfig, PodNetworkSpec, PortMapping
+
+# CRI's Protocol enum (TCP = 0, UDP = 1, SCTP = 2), by number or name.
+_PROTOCOLS = {0: "tcp", 1: "udp", 2: "sctp", "TCP": "tcp", "UDP": "udp", "SCTP": "sctp"}
+
+
+@dataclass(frozen=True, kw_only=True)
+class SandboxSpec:
+    """A RunPodSandbox request after validation."""
+
+    name: str
+    namespace: str
+    uid: str
+    attempt: int
+    host_network: bool
+    network: PodNetworkSpec
+    config: dict[str, Any]   # the whole config, kept for status round-trips
+
+
+def parse_pod_config(config: Mapping[str, Any]) -> SandboxSpec:
+    """Validate *config*; raise InvalidArgument naming the first field that is wrong."""
+    meta = config.get("metadata")
+    if not meta:
+        raise InvalidArgument("PodSandboxConfig.metadata is required")
+    name, namespace = meta.get("name", ""), meta.get("namespace", "")
+    if not name:
+        raise InvalidArgument("PodSandboxConfig.metadata.name is required")
+    if not namespace:
+        raise InvalidArgument("PodSandboxConfig.metadata.namespace is required")
+    for key in ("name", "namespace", "uid"):
+        if "/" in str(meta.get(key, "")) or "\x00" in str(meta.get(key, "")):
+            raise InvalidArgument(f"PodSandboxConfig.metadata.{key} {meta[key]!r} must not contain '/'")
+    linux = config.get("linux") or {}
+    ns_opts = ((linux.get("security_context") or {}).get("namespace_options") or {})
+    network_mode = ns_opts.get("network", 0)
+    host_network = network_mode in (2, "NODE")
+    if network_mode not in (0, 2, "POD", "NODE"):
+        raise InvalidArgument(
+            f"PodSandboxConfig.linux.security_context.namespace_options.network {network_mode!r}: "
+            "a sandbox's network namespace must be POD or NODE")
+    dns = config.get("dns_config")
+    return SandboxSpec(
+        name=name,
+        namespace=namespace,
+        uid=meta.get("uid", ""),
+        attempt=int(meta.get("attempt", 0)),
+        host_network=host_network,
+        network=PodNetworkSpec(
+            name=name,
+            namespace=namespace,
+            uid=meta.get("uid", ""),
+            annotations=dict(config.get("annotations") or {}),
+            port_mappings=tuple(_port(i, p) for i, p in enumerate(config.get("port_mappings") or ())),
+            dns=DNSConfig(servers=tuple(dns.get("servers", ())),
+                          searches=tuple(dns.get("searches", ())),
+                          options=tuple(dns.get("options", ()))) if dns else None,
+            cgroup_parent=linux.get("cgroup_parent", ""),
+        ),
+        config=dict(config),
+    )
+
+
+def _port(i: int, p: Mapping[str, Any]) -> PortMapping:
+    where = f"PodSandboxConfig.port_mappings[{i}]"
+    proto = p.get("protocol", 0)
+    if proto not in _PROTOCOLS:
+        raise InvalidArgument(f"{where}.protocol {proto!r}: want TCP, UDP or SCTP")
+    try:
+        container_port, host_port = int(p.get("container_port", 0)), int(p.get("host_port", 0))
+    except (TypeError, ValueError) as exc:
+        raise InvalidArgument(f"{where}: ports must be integers") from exc
+    if not 0 < container_port < 65536:
+        raise InvalidArgument(f"{where}.container_port {container_port} is not a port (1-65535)")
+    if not 0 <= host_port < 65536:
+        raise InvalidArgument(f"{where}.host_port {host_port} is not a port (0-65535)")
+    return PortMapping(protocol=_PROTOCOLS[proto], container_port=container_port,
+                       host_port=host_port, host_ip=p.get("host_ip", ""))

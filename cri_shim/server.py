@@ -1,0 +1,285 @@
+"""The gRPC side: a thin CRI servicer over the sandbox manager, and the unix-socket server.
+
+The servicer only translates: protobuf in, a call on the manager, protobuf out. Every
+error goes through ``errors.grpc_status`` (the one mapping), and every call logs one
+line with the method, the sandbox id, the outcome and the time it took.
+"""
+
+from __future__ import annotations
+
+import errno
+import functools
+import json
+import logging
+import os
+import socket
+import threading
+import time
+from concurrent import futures
+from typing import Any, Callable
+
+import grpc
+from google.protobuf import json_format
+
+from . import __version__
+from .api import api_pb2 as pb
+from .api import api_pb2_grpc as pb_grpc
+from .errors import NETWORK_NOT_READY_MESSAGE, NETWORK_NOT_READY_REASON, NotFound, grpc_status
+from .manager import SandboxFilter, SandboxManager
+from .podconfig import parse_pod_config
+from .store import NOTREADY, READY, SandboxRecord
+
+log = logging.getLogger(__name__)
+
+RUNTIME_NAME = "cri-shim"
+KUBE_API_VERSION = "0.1.0"   # what every runtime answers in VersionResponse.version
+RUNTIME_API_VERSION = "v1"
+
+_STATE_TO_PB = {READY: pb.SANDBOX_READY, NOTREADY: pb.SANDBOX_NOTREADY}
+_PB_TO_STATE = {pb.SANDBOX_READY: READY, pb.SANDBOX_NOTREADY: NOTREADY}
+
+
+def _rpc(method: Callable[..., Any]) -> Callable[..., Any]:
+    """Log the call and map any exception to its gRPC status, in one place."""
+    name = method.__name__
+
+    @functools.wraps(method)
+    def wrapper(self: "CRIServicer", request: Any, context: grpc.ServicerContext) -> Any:
+        start = time.perf_counter()
+        sandbox = getattr(request, "pod_sandbox_id", "")
+        try:
+            reply = method(self, request, context)
+        except Exception as exc:
+            code, message = grpc_status(exc)
+            level = logging.ERROR if code == grpc.StatusCode.INTERNAL else logging.INFO
+            log.log(level, "cri %s sandbox=%s code=%s duration_ms=%.1f error=%s", name,
+                    sandbox[:12] or "-", code.name, (time.perf_counter() - start) * 1e3, message,
+                    exc_info=code == grpc.StatusCode.INTERNAL)
+            context.abort(code, message)
+        log.info("cri %s sandbox=%s code=OK duration_ms=%.1f", name,
+                 (sandbox or getattr(reply, "pod_sandbox_id", ""))[:12] or "-",
+                 (time.perf_counter() - start) * 1e3)
+        return reply
+
+    return wrapper
+
+
+class CRIServicer(pb_grpc.RuntimeServiceServicer, pb_grpc.ImageServiceServicer):
+    def __init__(self, manager: SandboxManager) -> None:
+        self.manager = manager
+        self.pod_cidr = ""   # last one UpdateRuntimeConfig sent
+
+    # -- runtime ------------------------------------------------------------------
+
+    @_rpc
+    def Version(self, request: pb.VersionRequest, context: Any) -> pb.VersionResponse:
+        return pb.VersionResponse(version=KUBE_API_VERSION, runtime_name=RUNTIME_NAME,
+                                  runtime_version=__version__,
+                                  runtime_api_version=RUNTIME_API_VERSION)
+
+    @_rpc
+    def Status(self, request: pb.StatusRequest, context: Any) -> pb.StatusResponse:
+        net = self.manager.network.status()
+        network_ready = pb.RuntimeCondition(type="NetworkReady", status=net.ready)
+        if not net.ready:
+            network_ready.reason = NETWORK_NOT_READY_REASON
+            network_ready.message = NETWORK_NOT_READY_MESSAGE
+        reply = pb.StatusResponse(status=pb.RuntimeStatus(conditions=[
+            pb.RuntimeCondition(type="RuntimeReady", status=True), network_ready]))
+        if request.verbose:
+            reply.info["cniconfig"] = json.dumps(status_info(self.manager))
+            reply.info["lastCNILoadStatus"] = (
+                "OK" if net.ready else f"cni config load failed: no network config found in {net.conf_dir}")
+        return reply
+
+    @_rpc
+    def RuntimeConfig(self, request: Any, context: Any) -> pb.RuntimeConfigResponse:
+        driver = pb.SYSTEMD if self.manager.config.cgroup_driver == "systemd" else pb.CGROUPFS
+        return pb.RuntimeConfigResponse(linux=pb.LinuxRuntimeConfiguration(cgroup_driver=driver))
+
+    @_rpc
+    def UpdateRuntimeConfig(self, request: pb.UpdateRuntimeConfigRequest, context: Any) -> Any:
+        cidr = request.runtime_config.network_config.pod_cidr
+        if cidr and cidr != self.pod_cidr:
+            log.info("node pod CIDR is now %s", cidr)
+            self.pod_cidr = cidr
+        return pb.UpdateRuntimeConfigResponse()
+
+    # -- sandboxes ----------------------------------------------------------------
+
+    @_rpc
+    def RunPodSandbox(self, request: pb.RunPodSandboxRequest, context: Any) -> pb.RunPodSandboxResponse:
+        config = json_format.MessageToDict(request.config, preserving_proto_field_name=True)
+        sandbox_id = self.manager.run(parse_pod_config(config))
+        return pb.RunPodSandboxResponse(pod_sandbox_id=sandbox_id)
+
+    @_rpc
+    def StopPodSandbox(self, request: pb.StopPodSandboxRequest, context: Any) -> pb.StopPodSandboxResponse:
+        self.manager.stop(request.pod_sandbox_id)
+        return pb.StopPodSandboxResponse()
+
+    @_rpc
+    def RemovePodSandbox(self, request: pb.RemovePodSandboxRequest, context: Any) -> pb.RemovePodSandboxResponse:
+        self.manager.remove(request.pod_sandbox_id)
+        return pb.RemovePodSandboxResponse()
+
+    @_rpc
+    def PodSandboxStatus(self, request: pb.PodSandboxStatusRequest, context: Any) -> pb.PodSandboxStatusResponse:
+        rec = self.manager.get(request.pod_sandbox_id)
+        ips = self.manager.ips(rec)
+        status = pb.PodSandboxStatus(
+            id=rec.id, state=_STATE_TO_PB[_cri_state(rec)], created_at=rec.created_at,
+            network=pb.PodSandboxNetworkStatus(
+                ip=ips[0] if ips else "", additional_ips=[pb.PodIP(ip=ip) for ip in ips[1:]]),
+            labels=rec.config.get("labels", {}), annotations=rec.config.get("annotations", {}))
+        _fill_metadata(status.metadata, rec)
+        ns_opts = (rec.config.get("linux", {}).get("security_context", {})
+                   .get("namespace_options", {}))
+        json_format.ParseDict(ns_opts, status.linux.namespaces.options)
+        reply = pb.PodSandboxStatusResponse(status=status)
+        if request.verbose:
+            reply.info["info"] = json.dumps(verbose_info(rec))
+        return reply
+
+    @_rpc
+    def ListPodSandbox(self, request: pb.ListPodSandboxRequest, context: Any) -> pb.ListPodSandboxResponse:
+        f = request.filter
+        flt = SandboxFilter(
+            id=f.id,
+            state=_PB_TO_STATE[f.state.state] if f.HasField("state") else None,
+            labels=dict(f.label_selector))
+        items = []
+        for rec in self.manager.list(flt):
+            item = pb.PodSandbox(id=rec.id, state=_STATE_TO_PB[_cri_state(rec)],
+                                 created_at=rec.created_at,
+                                 labels=rec.config.get("labels", {}),
+                                 annotations=rec.config.get("annotations", {}))
+            _fill_metadata(item.metadata, rec)
+            items.append(item)
+        return pb.ListPodSandboxResponse(items=items)
+
+    # -- containers (none yet: cri-shim networks sandboxes) -----------------------
+
+    @_rpc
+    def ListContainers(self, request: pb.ListContainersRequest, context: Any) -> pb.ListContainersResponse:
+        return pb.ListContainersResponse()
+
+    @_rpc
+    def ContainerStatus(self, request: pb.ContainerStatusRequest, context: Any) -> Any:
+        raise NotFound(f'an error occurred when try to find container "{request.container_id}": not found')
+
+    @_rpc
+    def ListContainerStats(self, request: Any, context: Any) -> pb.ListContainerStatsResponse:
+        return pb.ListContainerStatsResponse()
+
+    # -- images -------------------------------------------------------------------
+
+    @_rpc
+    def ImageFsInfo(self, request: Any, context: Any) -> pb.ImageFsInfoResponse:
+        return pb.ImageFsInfoResponse()
+
+
+def _cri_state(rec: SandboxRecord) -> str:
+    # A sandbox still being created is not READY to anyone outside.
+    return READY if rec.state == READY else NOTREADY
+
+
+def _fill_metadata(meta: pb.PodSandboxMetadata, rec: SandboxRecord) -> None:
+    meta.name, meta.namespace, meta.uid, meta.attempt = rec.name, rec.namespace, rec.uid, rec.attempt
+
+
+def verbose_info(rec: SandboxRecord) -> dict[str, Any]:
+    """What ``crictl inspectp`` shows under ``info``."""
+    return {
+        "netNamespacePath": rec.netns_path,
+        "netNamespaceClosed": rec.state != READY,
+        "hostNetwork": rec.host_network,
+        "state": rec.state,
+        "networks": [{"name": n.name, "ifname": n.ifname} for n in rec.networks],
+        "cniResult": rec.results,
+        "config": rec.config,
+    }
+
+
+def status_info(manager: SandboxManager) -> dict[str, Any]:
+    """The loaded CNI configuration, as ``Status(verbose)`` shows it."""
+    net = manager.network.status()
+    settings = manager.config.cni
+    return {
+        "pluginDirs": list(settings.bin_dirs),
+        "pluginConfDir": settings.conf_dir,
+        "pluginMaxConfNum": settings.max_conf_num,
+        "networks": [{"name": n.name, "source": n.source,
+                      "config": json.loads(n.raw)} for n in net.networks],
+        "skipped": [{"path": s.path, "reason": s.reason} for s in net.skipped],
+    }
+
+
+class _Unimplemented(grpc.GenericRpcHandler):
+    """Answers every method nobody registered with UNIMPLEMENTED naming it."""
+
+    def service(self, handler_call_details: grpc.HandlerCallDetails) -> grpc.RpcMethodHandler:
+        method = handler_call_details.method
+
+        def abort(request: bytes, context: grpc.ServicerContext) -> None:
+            log.info("cri %s code=UNIMPLEMENTED", method)
+            context.abort(grpc.StatusCode.UNIMPLEMENTED, f"{method} is not implemented by {RUNTIME_NAME}")
+
+        return grpc.unary_unary_rpc_method_handler(abort)
+
+
+class SocketInUse(OSError):
+    pass
+
+
+def prepare_socket(path: str) -> None:
+    """Make the socket's directory (0700 if we create it) and clear a stale socket.
+
+    A socket another server still answers on is an error, not something to steal.
+    """
+    directory = os.path.dirname(path) or "."
+    if not os.path.isdir(directory):
+        os.makedirs(directory, mode=0o700)
+    if not os.path.lexists(path):
+        return
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        probe.connect(path)
+    except OSError as exc:
+        if exc.errno not in (errno.ECONNREFUSED, errno.ENOENT, errno.ENOTSOCK):
+            raise
+        log.info("removing stale socket %s", path)
+        os.unlink(path)
+    else:
+        raise SocketInUse(errno.EADDRINUSE, f"another server is listening on {path}")
+    finally:
+        probe.close()
+
+
+def build_server(servicer: CRIServicer, address: str, *, max_workers: int = 64) -> grpc.Server:
+    prepare_socket(address)
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="cri"),
+                         options=[("grpc.so_reuseport", 0)])
+    pb_grpc.add_RuntimeServiceServicer_to_server(servicer, server)
+    pb_grpc.add_ImageServiceServicer_to_server(servicer, server)
+    server.add_generic_rpc_handlers((_Unimplemented(),))
+    server.add_insecure_port(f"unix://{address}")
+    return server
+
+
+def serve(manager: SandboxManager, address: str, stop: threading.Event) -> None:
+    """Serve until *stop* is set; pods are left as they are."""
+    servicer = CRIServicer(manager)
+    server = build_server(servicer, address)
+    server.start()
+    os.chmod(address, 0o660)
+    log.info("cri-shim %s serving CRI on unix://%s", __version__, address)
+    try:
+        stop.wait()
+    finally:
+        log.info("shutting down")
+        server.stop(grace=5).wait()
+        try:
+            os.unlink(address)
+        except FileNotFoundError:
+            pass

@@ -1,0 +1,138 @@
+"""A pod sandbox's life with Debian's real plugins, in a throwaway node namespace."""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import os
+import signal
+import time
+
+import grpc
+import pytest
+
+from cri_shim.api import api_pb2 as pb
+
+from .harness import Shim, bridge_conflist, pod_config
+
+pytestmark = pytest.mark.privileged
+
+SUBNET = "10.88.0.0/24"
+
+
+def run(shim: Shim, cfg: pb.PodSandboxConfig) -> str:
+    return shim.runtime.RunPodSandbox(pb.RunPodSandboxRequest(config=cfg)).pod_sandbox_id
+
+
+def status(shim: Shim, sandbox_id: str) -> pb.PodSandboxStatusResponse:
+    return shim.runtime.PodSandboxStatus(pb.PodSandboxStatusRequest(pod_sandbox_id=sandbox_id, verbose=True))
+
+
+def test_run_status_ping_stop_remove(shim: Shim) -> None:
+    shim.write_conf("10-test.conflist", bridge_conflist("testnet", SUBNET, shim.ipam_dir))
+    shim.start()
+    sandbox_id = run(shim, pod_config("web"))
+    assert len(sandbox_id) == 64 and int(sandbox_id, 16) >= 0
+
+    st = status(shim, sandbox_id)
+    ip = st.status.network.ip
+    assert ipaddress.ip_address(ip) in ipaddress.ip_network(SUBNET)
+    assert st.status.state == pb.SANDBOX_READY
+    assert st.status.metadata.name == "web" and st.status.created_at > 0
+    assert st.status.labels["io.kubernetes.pod.name"] == "web"
+    info = json.loads(st.info["info"])
+    netns_path = info["netNamespacePath"]
+    assert os.path.exists(netns_path)
+    assert info["cniResult"]["eth0"]["ips"][0]["address"].startswith(ip + "/")
+
+    # The pod answers from the node, through the bridge.
+    shim.node.run("ping", "-c", "1", "-W", "2", ip)
+    assert shim.ip_files("testnet") == [ip]
+    assert len(shim.veths()) == 1
+    assert sorted(shim.cache_files()) == sorted([f"cni-loopback-{sandbox_id}-lo",
+                                                  f"testnet-{sandbox_id}-eth0"])
+
+    shim.runtime.StopPodSandbox(pb.StopPodSandboxRequest(pod_sandbox_id=sandbox_id))
+    st = status(shim, sandbox_id)
+    assert st.status.state == pb.SANDBOX_NOTREADY
+    assert st.status.network.ip == ""
+    assert shim.ip_files("testnet") == [] and shim.veths() == [] and shim.pinned() == []
+    assert shim.cache_files() == []
+    # kubelet's garbage collector stops again: fine.
+    shim.runtime.StopPodSandbox(pb.StopPodSandboxRequest(pod_sandbox_id=sandbox_id))
+
+    shim.runtime.RemovePodSandbox(pb.RemovePodSandboxRequest(pod_sandbox_id=sandbox_id))
+    assert shim.runtime.ListPodSandbox(pb.ListPodSandboxRequest()).items == []
+    assert shim.leftovers("testnet") == {}
+    # Unknown ids: stop and remove are OK, status is NOT_FOUND.
+    shim.runtime.StopPodSandbox(pb.StopPodSandboxRequest(pod_sandbox_id=sandbox_id))
+    shim.runtime.RemovePodSandbox(pb.RemovePodSandboxRequest(pod_sandbox_id=sandbox_id))
+    with pytest.raises(grpc.RpcError) as exc:
+        status(shim, sandbox_id)
+    assert exc.value.code() == grpc.StatusCode.NOT_FOUND
+
+
+def test_remove_without_stop_tears_down(shim: Shim) -> None:
+    shim.write_conf("10-test.conflist", bridge_conflist("testnet", SUBNET, shim.ipam_dir))
+    shim.start()
+    a, b = run(shim, pod_config("a")), run(shim, pod_config("b"))
+    ip_a, ip_b = status(shim, a).status.network.ip, status(shim, b).status.network.ip
+    assert ip_a != ip_b
+    shim.node.run("ping", "-c", "1", "-W", "2", ip_b)
+    shim.runtime.RemovePodSandbox(pb.RemovePodSandboxRequest(pod_sandbox_id=a))
+    assert shim.ip_files("testnet") == [ip_b]
+    shim.runtime.RemovePodSandbox(pb.RemovePodSandboxRequest(pod_sandbox_id=b))
+    assert shim.leftovers("testnet") == {}
+
+
+def test_restarted_server_keeps_its_sandboxes(shim: Shim) -> None:
+    shim.write_conf("10-test.conflist", bridge_conflist("testnet", SUBNET, shim.ipam_dir))
+    shim.start()
+    sandbox_id = run(shim, pod_config("web"))
+    ip = status(shim, sandbox_id).status.network.ip
+    shim.stop()
+    shim.start()
+    items = shim.runtime.ListPodSandbox(pb.ListPodSandboxRequest()).items
+    assert [(i.id, i.state) for i in items] == [(sandbox_id, pb.SANDBOX_READY)]
+    assert status(shim, sandbox_id).status.network.ip == ip
+    shim.node.run("ping", "-c", "1", "-W", "2", ip)
+    shim.runtime.StopPodSandbox(pb.StopPodSandboxRequest(pod_sandbox_id=sandbox_id))
+    shim.runtime.RemovePodSandbox(pb.RemovePodSandboxRequest(pod_sandbox_id=sandbox_id))
+    assert shim.leftovers("testnet") == {}
+
+
+def test_crash_during_add_is_undone_on_next_start(shim: Shim) -> None:
+    """kill -9 while a plugin runs: the next start releases the IP and the netns."""
+    sleeper = {"type": "shim-test", "sleepOnAdd": 30}
+    shim.write_conf("10-test.conflist", bridge_conflist("testnet", SUBNET, shim.ipam_dir,
+                                                        portmap=False, extra=[sleeper]))
+    shim.start()
+    future = shim.runtime.RunPodSandbox.future(pb.RunPodSandboxRequest(config=pod_config("web")))
+    deadline = time.monotonic() + 20
+    while not shim.ip_files("testnet") and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert shim.ip_files("testnet"), "bridge never allocated an IP"
+    assert shim.proc is not None
+    shim.proc.send_signal(signal.SIGKILL)
+    shim.proc.wait()
+    future.cancel()
+    assert shim.pinned() and shim.state_files()   # what the crash left
+    shim.proc = None
+    shim.start()
+    assert shim.runtime.ListPodSandbox(pb.ListPodSandboxRequest()).items == []
+    assert shim.leftovers("testnet") == {}
+
+
+def test_host_network_sandbox_has_no_netns_and_no_ip(shim: Shim) -> None:
+    shim.start()   # no CNI config at all: host-network pods do not need one
+    cfg = pod_config("hostpod", linux=pb.LinuxPodSandboxConfig(
+        security_context=pb.LinuxSandboxSecurityContext(
+            namespace_options=pb.NamespaceOption(network=pb.NODE))))
+    sandbox_id = run(shim, cfg)
+    st = status(shim, sandbox_id)
+    assert st.status.state == pb.SANDBOX_READY
+    assert st.status.network.ip == ""
+    assert st.status.linux.namespaces.options.network == pb.NODE
+    assert shim.pinned() == []
+    shim.runtime.RemovePodSandbox(pb.RemovePodSandboxRequest(pod_sandbox_id=sandbox_id))
+    assert shim.leftovers() == {}

@@ -1,0 +1,83 @@
+"""The containerd-style TOML config: both layouts, defaults, overrides, bad input."""
+
+from __future__ import annotations
+
+import pytest
+
+from cri_shim import config
+from cri_shim.errors import ConfigFileError
+
+V2 = '''
+version = 2
+root = "/r"
+state = "/s"
+[grpc]
+  address = "/s/sock"
+[plugins."io.containerd.grpc.v1.cri".cni]
+  bin_dir = "/opt/cni/bin"
+  conf_dir = "/etc/cni/net.d"
+  max_conf_num = 2
+  ip_pref = "ipv6"
+'''
+
+V3 = '''
+version = 3
+[plugins.'io.containerd.cri.v1.runtime'.cni]
+  bin_dirs = ["/a", "/b"]
+  conf_dir = "/c"
+  use_internal_loopback = true
+'''
+
+
+def test_embedded_default() -> None:
+    cfg = config.load(None)
+    assert cfg.cni.bin_dirs == ("/opt/cni/bin", "/usr/lib/cni")
+    assert cfg.cni.conf_dir == "/etc/cni/net.d"
+    assert cfg.address == "/run/cri-shim/cri-shim.sock"
+    assert cfg.cni.max_conf_num == 1
+    assert cfg.cgroup_driver == "systemd"
+
+
+def test_version2_layout() -> None:
+    cfg = config.parse(V2, source="t.toml")
+    assert (cfg.root, cfg.state, cfg.address) == ("/r", "/s", "/s/sock")
+    assert cfg.cni.bin_dirs == ("/opt/cni/bin",)
+    assert cfg.cni.max_conf_num == 2
+    assert cfg.cni.ip_pref == "ipv6"
+
+
+def test_version3_layout() -> None:
+    cfg = config.parse(V3, source="t.toml")
+    assert cfg.cni.bin_dirs == ("/a", "/b")
+    assert cfg.cni.conf_dir == "/c"
+    assert cfg.cni.use_internal_loopback is True
+
+
+def test_systemd_cgroup_from_runc_options() -> None:
+    text = V2 + '[plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc.options]\nSystemdCgroup = false\n'
+    assert config.parse(text, source="t").cgroup_driver == "cgroupfs"
+
+
+@pytest.mark.parametrize("text, words", [
+    ('[plugins."io.containerd.grpc.v1.cri".cni]\nbin_dir = "/a"\nbin_dirs = ["/b"]\n',
+     "`bin_dir` and `bin_dirs` are both set"),
+    ("root = [\n", "invalid TOML"),
+    ('[plugins."io.containerd.grpc.v1.cri".cni]\nmax_conf_num = "one"\n',
+     'plugins."io.containerd.grpc.v1.cri".cni.max_conf_num must be an integer'),
+    ('[plugins."io.containerd.grpc.v1.cri".cni]\nip_pref = "ipv5"\n', "ip_pref = 'ipv5'"),
+    ('[plugins."io.containerd.grpc.v1.cri".cni]\nbin_dirs = []\n', "must name at least one"),
+    ('[plugins."io.containerd.grpc.v1.cri".cni]\n[plugins."io.containerd.cri.v1.runtime".cni]\n',
+     "both"),
+    ("version = 7\n", "unsupported config version"),
+    ('[grpc]\naddress = 5\n', "grpc.address must be a string"),
+])
+def test_bad_config_names_what_is_wrong(text: str, words: str) -> None:
+    with pytest.raises(ConfigFileError) as exc:
+        config.parse(text, source="bad.toml")
+    assert "bad.toml" in str(exc.value)
+    assert words in str(exc.value)
+
+
+def test_missing_file(tmp_path) -> None:
+    with pytest.raises(ConfigFileError, match="cannot read config file"):
+        config.load(str(tmp_path / "nope.toml"))
