@@ -1,0 +1,321 @@
+"""Running plugins: find, environment, exec, decode. The one seam tests fake.
+
+Follows libcni ``pkg/invoke``: the environment is this process's plus the six
+``CNI_*`` variables (which win over inherited ones), a plugin binary is looked up
+by type in the bin dirs in order, exec is retried on "text file busy", and a
+failing plugin's stdout is decoded as the spec's error object.
+
+``Exec`` is the seam: ``RawExec`` runs real binaries; tests pass a fake that records
+what it was given and returns scripted output.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import os
+import signal
+import subprocess
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Protocol, TypeVar
+
+from . import gojson
+from .errors import (ERR_DECODING_FAILURE, ERR_IO_FAILURE, ERR_UNKNOWN, CNIError,
+                     ExecTimeout, InvalidPluginOutput, PluginError, PluginNotFound)
+from .result import Result, parse_result
+from .version import CURRENT_VERSION
+
+__all__ = ["ExecOutput", "Exec", "RawExec", "PluginInfo", "find_plugin", "build_env",
+           "decode_output", "exec_plugin", "get_version_info"]
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+_STDERR_TAIL_LINES = 10
+_STDERR_TAIL_CHARS = 2000
+
+
+@dataclass(frozen=True)
+class ExecOutput:
+    """What one plugin run produced."""
+
+    stdout: bytes
+    stderr: bytes = b""
+    returncode: int = 0
+
+
+class Exec(Protocol):
+    """Finds and runs plugin binaries. ``run`` returns whatever the plugin produced,
+    whatever its exit status; it raises only when the plugin could not be run
+    (``PluginNotFound``, ``ExecTimeout``, ``CNIError``)."""
+
+    def run(self, plugin_path: str, stdin: bytes, env: Mapping[str, str],
+            timeout: float | None) -> ExecOutput: ...
+
+    def find_plugin(self, name: str, bin_dirs: Sequence[str]) -> str: ...
+
+
+def find_plugin(name: str, bin_dirs: Sequence[str]) -> str:
+    """The path of the first regular file named *name* in *bin_dirs* (libcni
+    ``FindInPath``). Raises ``PluginNotFound``."""
+    if not name or os.sep in name or name in (".", ".."):
+        raise PluginNotFound(name, list(bin_dirs))
+    for directory in bin_dirs:
+        path = os.path.join(directory, name)
+        if os.path.isfile(path):
+            return path
+    raise PluginNotFound(name, list(bin_dirs))
+
+
+class RawExec:
+    """``Exec`` with real processes: no shell, fds closed, a new session per plugin
+    (so a timeout kills the plugin and whatever it spawned, such as its IPAM plugin),
+    and "text file busy" retried like libcni (the binary is being replaced)."""
+
+    def __init__(self, *, busy_retries: int = 5, busy_retry_delay: float = 1.0) -> None:
+        self._busy_retries = busy_retries
+        self._busy_retry_delay = busy_retry_delay
+
+    def find_plugin(self, name: str, bin_dirs: Sequence[str]) -> str:
+        """See the module function ``find_plugin``."""
+        return find_plugin(name, bin_dirs)
+
+    def run(self, plugin_path: str, stdin: bytes, env: Mapping[str, str],
+            timeout: float | None) -> ExecOutput:
+        """Run the plugin to completion (or kill it at *timeout* seconds)."""
+        plugin = os.path.basename(plugin_path)
+        attempt = 0
+        while True:
+            try:
+                proc = subprocess.Popen([plugin_path], stdin=subprocess.PIPE,
+                                        stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                        env=dict(env), close_fds=True, start_new_session=True)
+                break
+            except OSError as exc:
+                if exc.errno == errno.ETXTBSY and attempt < self._busy_retries:
+                    attempt += 1
+                    log.debug("plugin %s: text file busy, retry %d", plugin, attempt)
+                    time.sleep(self._busy_retry_delay)
+                    continue
+                if exc.errno == errno.ENOENT:
+                    raise PluginNotFound(plugin, [os.path.dirname(plugin_path)]) from exc
+                raise CNIError(ERR_IO_FAILURE, f"cannot execute {plugin_path}: "
+                               f"{exc.strerror or exc}", plugin=plugin) from exc
+        try:
+            stdout, stderr = proc.communicate(stdin, timeout=timeout)
+        except subprocess.TimeoutExpired:
+            _kill_session(proc)
+            raise ExecTimeout(plugin, env.get("CNI_COMMAND"), timeout or 0.0) from None
+        for line in stderr.decode("utf-8", "replace").splitlines():
+            log.debug("plugin %s stderr: %s", plugin, line)
+        return ExecOutput(stdout=stdout, stderr=stderr, returncode=proc.returncode)
+
+
+def _kill_session(proc: subprocess.Popen[bytes]) -> None:
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    proc.wait()
+    for pipe in (proc.stdin, proc.stdout, proc.stderr):
+        if pipe is not None:
+            pipe.close()
+
+
+def build_env(command: str, container_id: str = "", netns: str = "", ifname: str = "",
+              cni_args: Sequence[tuple[str, str]] = (), bin_dirs: Sequence[str] = (), *,
+              base: Mapping[str, str] | None = None) -> dict[str, str]:
+    """The environment for one plugin run: *base* (default ``os.environ``) plus the
+    six ``CNI_*`` variables, which override inherited values.
+
+    As libcni, all six are always set: STATUS and GC (which have no attachment) get
+    empty ``CNI_CONTAINERID``/``CNI_NETNS``/``CNI_IFNAME``/``CNI_ARGS``; VERSION
+    gets the placeholders ``dummy`` for ``CNI_NETNS``/``CNI_IFNAME``/``CNI_PATH``
+    that plugins built on old ``skel`` versions insist on (``GetVersionInfo``).
+    """
+    if command in ("STATUS", "GC"):
+        container_id = netns = ifname = ""
+        cni_args = ()
+    path = os.pathsep.join(bin_dirs)
+    if command == "VERSION":
+        container_id, netns, ifname, cni_args, path = "", "dummy", "dummy", (), "dummy"
+    env = dict(os.environ if base is None else base)
+    env.update({
+        "CNI_COMMAND": command,
+        "CNI_CONTAINERID": container_id,
+        "CNI_NETNS": netns,
+        "CNI_ARGS": ";".join(f"{k}={v}" for k, v in cni_args),
+        "CNI_IFNAME": ifname,
+        "CNI_PATH": path,
+    })
+    return env
+
+
+def _exit_status(returncode: int) -> str:
+    if returncode < 0:
+        try:
+            return f"killed by {signal.Signals(-returncode).name}"
+        except ValueError:
+            return f"killed by signal {-returncode}"
+    return f"exit status {returncode}"
+
+
+def _tail(data: bytes) -> str:
+    lines = data.decode("utf-8", "replace").strip().splitlines()
+    text = "\n".join(lines[-_STDERR_TAIL_LINES:])
+    return text[-_STDERR_TAIL_CHARS:]
+
+
+def _snippet(data: bytes, limit: int = 200) -> str:
+    text = data.decode("utf-8", "replace").strip()
+    return text if len(text) <= limit else text[:limit] + "..."
+
+
+def _with_stderr(details: str, stderr: bytes) -> str:
+    tail = _tail(stderr)
+    if not tail:
+        return details
+    return f"{details}; stderr: {tail}" if details else f"stderr: {tail}"
+
+
+def _failure(output: ExecOutput, plugin: str, command: str) -> PluginError:
+    status = _exit_status(output.returncode)
+    if not output.stdout.strip():
+        return InvalidPluginOutput(ERR_UNKNOWN, f"{status} with no error message",
+                                   _with_stderr("", output.stderr),
+                                   plugin=plugin, command=command)
+    try:
+        obj = gojson.loads(output.stdout)
+    except ValueError:
+        obj = None
+    code = obj.get("code", 0) if isinstance(obj, dict) else None
+    msg = obj.get("msg", "") if isinstance(obj, dict) else None
+    details = obj.get("details", "") if isinstance(obj, dict) else None
+    if (not isinstance(code, int) or isinstance(code, bool) or code < 0
+            or not isinstance(msg, str) or not isinstance(details, str)):
+        return InvalidPluginOutput(
+            ERR_UNKNOWN, f"{status}, and its stdout is not a CNI error object",
+            _with_stderr(f"stdout: {_snippet(output.stdout)}", output.stderr),
+            plugin=plugin, command=command)
+    if not msg:
+        msg = f"{status} with an empty error message"
+    return PluginError(code, msg, details, plugin=plugin, command=command)
+
+
+def decode_output(output: ExecOutput, *, plugin: str, command: str,
+                  cni_version: str = "") -> Result | None:
+    """Turn a plugin run into its outcome: the ``Result`` for a successful ADD, None
+    for other successful commands. A non-zero exit raises ``PluginError`` with the
+    plugin's code/msg/details, or ``InvalidPluginOutput`` when stdout holds no error
+    object; a successful ADD with empty or unparsable stdout raises
+    ``InvalidPluginOutput``. *cni_version* is the config's, assumed for a result that
+    does not say its version (libcni ``fixupResultVersion``)."""
+    if output.returncode != 0:
+        raise _failure(output, plugin, command)
+    if command != "ADD":
+        return None
+    if not output.stdout.strip():
+        raise InvalidPluginOutput(ERR_DECODING_FAILURE, "succeeded but printed no result",
+                                  _with_stderr("", output.stderr),
+                                  plugin=plugin, command=command)
+    try:
+        return parse_result(output.stdout, expected_version=cni_version or "0.1.0")
+    except ValueError as exc:
+        raise InvalidPluginOutput(
+            ERR_DECODING_FAILURE, f"invalid result: {exc}",
+            _with_stderr(f"stdout: {_snippet(output.stdout)}", output.stderr),
+            plugin=plugin, command=command) from None
+
+
+def exec_plugin(exec_: Exec, *, plugin: str, plugin_path: str, command: str, stdin: bytes,
+                env: Mapping[str, str], timeout: float | None,
+                cni_version: str = "") -> Result | None:
+    """Run one plugin command through *exec_* and decode it (``decode_output``),
+    logging one line per run. Errors from the exec layer that are not ``CNIError``
+    become ``CNIError(ERR_IO_FAILURE)``."""
+    return _logged_run(exec_, plugin, plugin_path, command, stdin, env, timeout,
+                       lambda out: decode_output(out, plugin=plugin, command=command,
+                                                 cni_version=cni_version))
+
+
+def _logged_run(exec_: Exec, plugin: str, plugin_path: str, command: str, stdin: bytes,
+                env: Mapping[str, str], timeout: float | None,
+                decode: Callable[[ExecOutput], T]) -> T:
+    start = time.monotonic()
+    outcome = "ok"
+    try:
+        try:
+            output = exec_.run(plugin_path, stdin, env, timeout)
+        except CNIError as exc:
+            raise exc.with_context(plugin=plugin, command=command)
+        except OSError as exc:
+            raise CNIError(ERR_IO_FAILURE, f"cannot run {plugin_path}: {exc}",
+                           plugin=plugin, command=command) from exc
+        return decode(output)
+    except ExecTimeout:
+        outcome = "timeout"
+        raise
+    except CNIError as exc:
+        outcome = f"error code={exc.code}"
+        raise
+    finally:
+        log.info("plugin=%s command=%s container=%s ifname=%s duration_ms=%.1f result=%s",
+                 plugin, command, env.get("CNI_CONTAINERID") or "-",
+                 env.get("CNI_IFNAME") or "-", (time.monotonic() - start) * 1000, outcome)
+
+
+@dataclass(frozen=True)
+class PluginInfo:
+    """A plugin's answer to VERSION."""
+
+    cni_version: str
+    supported_versions: tuple[str, ...]
+
+
+def _decode_version(output: ExecOutput, plugin: str) -> PluginInfo:
+    if output.returncode != 0:
+        raise _failure(output, plugin, "VERSION")
+    try:
+        obj = gojson.loads(output.stdout)
+    except ValueError:
+        obj = None
+    if not isinstance(obj, dict):
+        raise InvalidPluginOutput(ERR_DECODING_FAILURE, "decoding version info: not a JSON object",
+                                  f"stdout: {_snippet(output.stdout)}",
+                                  plugin=plugin, command="VERSION")
+    version = obj.get("cniVersion")
+    supported = obj.get("supportedVersions") or []
+    if not isinstance(version, str) or not version:
+        raise InvalidPluginOutput(ERR_DECODING_FAILURE,
+                                  "decoding version info: missing field cniVersion",
+                                  plugin=plugin, command="VERSION")
+    if not isinstance(supported, list) or not all(isinstance(v, str) for v in supported):
+        raise InvalidPluginOutput(ERR_DECODING_FAILURE,
+                                  "decoding version info: supportedVersions is not a list of strings",
+                                  plugin=plugin, command="VERSION")
+    if not supported:
+        if version != "0.2.0":
+            raise InvalidPluginOutput(ERR_DECODING_FAILURE,
+                                      "decoding version info: missing field supportedVersions",
+                                      plugin=plugin, command="VERSION")
+        supported = ["0.1.0", "0.2.0"]  # 0.2.0 plugins predate the field
+    return PluginInfo(version, tuple(supported))
+
+
+def get_version_info(exec_: Exec, plugin_path: str, *, timeout: float | None = None,
+                     base_env: Mapping[str, str] | None = None) -> PluginInfo:
+    """Ask a plugin which spec versions it supports (libcni ``GetVersionInfo``).
+    A plugin that answers ``unknown CNI_COMMAND: VERSION`` is taken to support 0.1.0."""
+    plugin = os.path.basename(plugin_path)
+    env = build_env("VERSION", base=base_env)
+    stdin = b'{"cniVersion":"' + CURRENT_VERSION.encode() + b'"}'
+    try:
+        return _logged_run(exec_, plugin, plugin_path, "VERSION", stdin, env, timeout,
+                           lambda out: _decode_version(out, plugin))
+    except PluginError as exc:
+        if exc.msg == "unknown CNI_COMMAND: VERSION" and not exc.details:
+            return PluginInfo("0.1.0", ("0.1.0",))
+        raise
