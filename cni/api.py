@@ -35,9 +35,9 @@ from typing import Any
 from . import gojson
 from .cache import CacheEntry, ResultCache
 from .conf import NetworkConfigList, PluginConf, conflist_from_bytes
-from .errors import (ERR_DECODING_FAILURE, ERR_INCOMPATIBLE_VERSION, ERR_INVALID_ENV, ERR_INVALID_NETWORK_CONFIG,
-                     ERR_IO_FAILURE, ERR_UNKNOWN_CONTAINER, CNIError, CommandNotSupported,
-                     ConfigError)
+from .errors import (ERR_DECODING_FAILURE, ERR_INCOMPATIBLE_VERSION, ERR_INVALID_ENV,
+                     ERR_INVALID_NETWORK_CONFIG, ERR_IO_FAILURE, ERR_UNKNOWN_CONTAINER,
+                     CNIError, CommandNotSupported, ConfigError)
 from .invoke import Exec, PluginInfo, RawExec, build_env, exec_plugin, get_version_info
 from .result import Result, parse_result
 from .version import command_supported, prev_result_on_del
@@ -106,7 +106,8 @@ def _positive(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool) and value > 0
 
 
-def _stdin(net: NetworkConfigList, plugin: PluginConf, *, prev_result: Mapping[str, Any] | None = None,
+def _stdin(net: NetworkConfigList, plugin: PluginConf, *,
+           prev_result: Mapping[str, Any] | None = None,
            rt: RuntimeConf | None = None, extra: Mapping[str, Any] | None = None) -> bytes:
     conf: dict[str, Any] = dict(plugin.raw)
     conf["name"] = net.name
@@ -317,7 +318,8 @@ class CNIConfig:
                 exc.add_note(f"while deleting stale attachment {entry.container_id} {entry.ifname}")
                 errors.append(exc)
         if command_supported("GC", net.cni_version):
-            listed = [{"containerID": a.container_id, "ifname": a.ifname} for a in valid_attachments]
+            listed = [{"containerID": a.container_id, "ifname": a.ifname}
+                      for a in valid_attachments]
             # libcni sends both keys: the spec first said cni.dev/attachments (cni#1101).
             extra = {"cni.dev/valid-attachments": listed, "cni.dev/attachments": listed}
             for plugin in net.plugins:

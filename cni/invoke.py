@@ -294,7 +294,7 @@ def _decode_version(output: ExecOutput, plugin: str) -> PluginInfo:
                                   plugin=plugin, command="VERSION")
     if not isinstance(supported, list) or not all(isinstance(v, str) for v in supported):
         raise InvalidPluginOutput(ERR_DECODING_FAILURE,
-                                  "decoding version info: supportedVersions is not a list of strings",
+                                  "decoding version info: supportedVersions is not a list",
                                   plugin=plugin, command="VERSION")
     if not supported:
         if version != "0.2.0":
