@@ -12,18 +12,21 @@ pods are networked in parallel, and Stop/Remove of one pod serialise only with e
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 import secrets
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Callable, Mapping
+from typing import Any, Callable, Mapping
 
 import cni
 
 from . import netns as netns_mod
 from .config import Config
-from .errors import AlreadyExists, InvalidArgument, NetworkError, NetworkNotReady, NotFound
+from . import conftemplate
+from .errors import (NETWORK_NOT_READY_MESSAGE, NETWORK_NOT_READY_REASON, AlreadyExists,
+                     FailedPrecondition, InvalidArgument, NetworkError, NetworkNotReady, NotFound)
 from .podconfig import SandboxSpec, parse_pod_config
 from .podnet import PodNetwork, PodNetworkSpec, pod_ips, result_json
 from .store import CREATING, NOTREADY, READY, SandboxRecord, Store
@@ -47,14 +50,14 @@ class _Entry:
 
 class SandboxManager:
     def __init__(self, config: Config, network: PodNetwork, store: Store, *,
-                 clock: Callable[[], int] = time.time_ns,
-                 pin: Callable[..., None] = netns_mod.pin,
-                 unpin: Callable[[str], None] = netns_mod.unpin) -> None:
+                 clock: Callable[[], int] = time.time_ns, netns: Any = netns_mod) -> None:
+        """*netns* provides ``new_path``, ``pin``, ``unpin`` and ``is_pinned`` (the
+        ``cri_shim.netns`` module; tests pass a fake that makes plain files)."""
         self.config = config
         self.network = network
         self.store = store
         self._clock = clock
-        self._pin, self._unpin = pin, unpin
+        self._netns = netns
         self._lock = threading.Lock()
         self._sandboxes: dict[str, _Entry] = {}
         self._names: dict[str, str] = {}   # reserved sandbox name -> id
@@ -81,6 +84,48 @@ class SandboxManager:
                 self._sandboxes[rec.id] = _Entry(rec)
                 self._names[_name_key(rec)] = rec.id
         log.info("recovered %d sandboxes from %s", len(self._sandboxes), getattr(self.store, "directory", "store"))
+
+    def gc(self) -> None:
+        """CNI GC: attachments in libcni's cache that no known READY sandbox owns are
+        deleted (containerd 2.x does the same through libcni's GCNetworkList)."""
+        with self._lock:
+            records = [e.record for e in self._sandboxes.values()]
+        valid = [(n.name, r.id, n.ifname) for r in records if r.state in (READY, CREATING)
+                 for n in r.networks]
+        self.network.gc(valid)
+
+    # -- node network -------------------------------------------------------------
+
+    def network_condition(self) -> tuple[bool, str, str]:
+        """(ready, reason, message) for Status' NetworkReady condition: a config must
+        be loaded, and CNI 1.1.0 plugins must not answer STATUS with an error."""
+        if not self.network.status().ready:
+            return False, NETWORK_NOT_READY_REASON, NETWORK_NOT_READY_MESSAGE
+        problem = self.network.plugin_status()
+        if problem:
+            return False, NETWORK_NOT_READY_REASON, f"Network plugin returns error: {problem}"
+        return True, "", ""
+
+    def update_pod_cidrs(self, pod_cidr: str) -> None:
+        """kubelet's UpdateRuntimeConfig: render ``conf_template`` for the node's pod
+        CIDR(s) ("a,b" for dual stack) when no network config is loaded yet."""
+        cidrs = [c.strip() for c in pod_cidr.split(",") if c.strip()]
+        for c in cidrs:
+            try:
+                ipaddress.ip_network(c, strict=False)
+            except ValueError as exc:
+                raise InvalidArgument(f"pod CIDR {c!r}: {exc}") from exc
+        template = self.config.cni.conf_template
+        if not cidrs or not template:
+            return
+        if self.network.status().ready:
+            log.info("network config already loaded; not rendering conf_template")
+            return
+        try:
+            path = conftemplate.write_conf(self.config.cni.conf_dir, template, cidrs)
+        except (OSError, conftemplate.TemplateError) as exc:
+            raise FailedPrecondition(f"cannot render conf_template {template}: {exc}") from exc
+        log.info("rendered %s for pod CIDRs %s into %s", template, ",".join(cidrs), path)
 
     # -- RunPodSandbox ------------------------------------------------------------
 
@@ -127,11 +172,11 @@ class SandboxManager:
             raise NetworkError(f'failed to set up network for sandbox "{rec.id}"', exc) from exc
         if not planned:
             raise NetworkNotReady(self.network.not_ready_detail())
-        rec = rec.replace(netns_path=netns_mod.new_path(self.config.cni.netns_dir),
+        rec = rec.replace(netns_path=self._netns.new_path(self.config.cni.netns_dir),
                           networks=planned)
         self.store.put(rec)   # the intent, before anything is made
         try:
-            self._pin(rec.netns_path, loopback_up=self.config.cni.use_internal_loopback)
+            self._netns.pin(rec.netns_path, loopback_up=self.config.cni.use_internal_loopback)
             results = self.network.setup(planned, spec.network, rec.id, rec.netns_path)
         except BaseException as exc:
             try:
@@ -184,7 +229,7 @@ class SandboxManager:
 
     def _stop(self, entry: _Entry) -> None:
         rec = entry.record
-        if rec.state == NOTREADY and not (rec.netns_path and netns_mod.is_pinned(rec.netns_path)):
+        if rec.state == NOTREADY and not (rec.netns_path and self._netns.is_pinned(rec.netns_path)):
             return
         self._teardown(rec)
         entry.record = rec.replace(state=NOTREADY)
@@ -199,13 +244,13 @@ class SandboxManager:
         """
         if rec.networks:
             spec = _network_spec_from_record(rec)
-            netns = rec.netns_path if netns_mod.is_pinned(rec.netns_path) else ""
+            netns = rec.netns_path if self._netns.is_pinned(rec.netns_path) else ""
             try:
                 self.network.teardown(rec.networks, spec, rec.id, netns)
             except cni.CNIError as exc:
                 raise NetworkError(f'failed to destroy network for sandbox "{rec.id}"', exc) from exc
         if rec.netns_path:
-            self._unpin(rec.netns_path)
+            self._netns.unpin(rec.netns_path)
 
     # -- queries ------------------------------------------------------------------
 
@@ -228,10 +273,10 @@ class SandboxManager:
         return sorted(records, key=lambda r: r.created_at)
 
     def ips(self, rec: SandboxRecord) -> list[str]:
-        """The pod's IPs on eth0, primary first (empty for host network or when stopped)."""
+        """The pod's IPs, eth0's primary first (empty for host network or when stopped)."""
         if rec.host_network or rec.state != READY:
             return []
-        return pod_ips(rec.results, "eth0", self.config.cni.ip_pref)
+        return pod_ips(rec.results, self.config.cni.ip_pref)
 
     def _find(self, sandbox_id: str, *, missing_ok: bool = False) -> _Entry | None:
         """Look up by full id or unique prefix (as containerd's id index does)."""

@@ -7,7 +7,10 @@ restarted server rebuilds exactly what it started from.
 
 from __future__ import annotations
 
+import math
+import re
 from dataclasses import dataclass
+from decimal import Decimal, InvalidOperation
 from typing import Any, Mapping
 
 from .errors import InvalidArgument
@@ -68,6 +71,7 @@ def parse_pod_config(config: Mapping[str, Any]) -> SandboxSpec:
                           searches=tuple(dns.get("searches", ())),
                           options=tuple(dns.get("options", ()))) if dns else None,
             cgroup_parent=linux.get("cgroup_parent", ""),
+            bandwidth=_bandwidth(config.get("annotations") or {}),
         ),
         config=dict(config),
     )
@@ -88,3 +92,46 @@ def _port(i: int, p: Mapping[str, Any]) -> PortMapping:
         raise InvalidArgument(f"{where}.host_port {host_port} is not a port (0-65535)")
     return PortMapping(protocol=_PROTOCOLS[proto], container_port=container_port,
                        host_port=host_port, host_ip=p.get("host_ip", ""))
+
+
+# Kubernetes' pod bandwidth annotations (pkg/util/bandwidth), turned into go-cni's
+# BandWidth capability the way containerd's toCNIBandWidth does: rates in bits/s,
+# bursts at the uint32 maximum.
+INGRESS_ANNOTATION = "kubernetes.io/ingress-bandwidth"
+EGRESS_ANNOTATION = "kubernetes.io/egress-bandwidth"
+_UNLIMITED_BURST = 2**32 - 1
+_QUANTITY = re.compile(r"([+-]?(?:\d+\.?\d*|\.\d+))(Ki|Mi|Gi|Ti|Pi|Ei|[mkMGTPE]|[eE][+-]?\d+)?")
+_SUFFIX = {"": 1, "m": Decimal("0.001"), "k": 10**3, "M": 10**6, "G": 10**9, "T": 10**12,
+           "P": 10**15, "E": 10**18, "Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "Ti": 2**40,
+           "Pi": 2**50, "Ei": 2**60}
+
+
+def parse_quantity(text: str) -> int:
+    """A Kubernetes resource quantity ("10M", "1Gi", "1e6") as an integer, rounded up."""
+    m = _QUANTITY.fullmatch(text.strip())
+    if not m:
+        raise ValueError(f"{text!r} is not a quantity")
+    suffix = m.group(2) or ""
+    try:
+        number = Decimal(m.group(1))
+    except InvalidOperation as exc:
+        raise ValueError(f"{text!r} is not a quantity") from exc
+    scale = Decimal(10) ** int(suffix[1:]) if suffix[:1] in ("e", "E") else Decimal(_SUFFIX[suffix])
+    return math.ceil(number * scale)
+
+
+def _bandwidth(annotations: Mapping[str, str]) -> dict[str, int] | None:
+    out: dict[str, int] = {}
+    for key, direction in ((INGRESS_ANNOTATION, "ingress"), (EGRESS_ANNOTATION, "egress")):
+        if key not in annotations:
+            continue
+        try:
+            rate = parse_quantity(annotations[key])
+        except ValueError as exc:
+            raise InvalidArgument(f"annotation {key}: {exc}") from exc
+        if rate < 1000:
+            raise InvalidArgument(f"annotation {key}: resource is unreasonably small (< 1kbit)")
+        if rate > 10**15:
+            raise InvalidArgument(f"annotation {key}: resource is unreasonably large (> 1Pbit)")
+        out[f"{direction}Rate"], out[f"{direction}Burst"] = rate, _UNLIMITED_BURST
+    return out or None

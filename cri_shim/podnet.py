@@ -65,6 +65,7 @@ class PodNetworkSpec:
     port_mappings: tuple[PortMapping, ...] = ()
     dns: DNSConfig | None = None
     cgroup_parent: str = ""
+    bandwidth: Mapping[str, int] | None = None   # go-cni's BandWidth, from annotations
 
 
 @dataclass(frozen=True)
@@ -103,6 +104,8 @@ def capability_args(spec: PodNetworkSpec) -> dict[str, Any]:
                        "options": list(spec.dns.options)}
     if spec.cgroup_parent:
         caps["cgroupPath"] = spec.cgroup_parent
+    if spec.bandwidth:
+        caps["bandwidth"] = dict(spec.bandwidth)
     return caps
 
 
@@ -170,18 +173,42 @@ class PodNetwork:
 
     def setup(self, planned: Sequence[PlannedNetwork], spec: PodNetworkSpec,
               sandbox_id: str, netns: str) -> dict[str, cni.Result]:
-        """ADD every planned network in order; returns ifname -> result.
+        """ADD every planned network; returns ifname -> result.
 
-        On failure nothing is undone here: the caller owns teardown of the whole plan.
+        Like go-cni's ``Setup``, the networks are attached concurrently (one thread per
+        network after the first), unless ``setup_serially`` asks for one after another.
+        Within a network the plugins run in order, as libcni does. On failure nothing
+        is undone here: the caller owns the teardown of the whole plan.
         """
-        results: dict[str, cni.Result] = {}
         args, caps = cni_args(spec, sandbox_id), capability_args(spec)
-        for net in planned:
-            conflist = _parse(net)
+
+        def add(net: PlannedNetwork) -> cni.Result:
             rt = cni.RuntimeConf(container_id=sandbox_id, netns=netns, ifname=net.ifname,
                                  args=args, capability_args=caps)
-            results[net.ifname] = self._cni.add_network_list(conflist, rt)
-        return results
+            return self._cni.add_network_list(_parse(net), rt)
+
+        if self.settings.setup_serially or len(planned) < 2:
+            return {net.ifname: add(net) for net in planned}
+        outcomes: dict[str, cni.Result | BaseException] = {}
+
+        def attach(net: PlannedNetwork) -> None:
+            try:
+                outcomes[net.ifname] = add(net)
+            except BaseException as exc:  # re-raised in the caller's thread below
+                outcomes[net.ifname] = exc
+
+        threads = [threading.Thread(target=attach, args=(net,), name=f"cni-{net.ifname}")
+                   for net in planned[1:]]
+        for t in threads:
+            t.start()
+        attach(planned[0])
+        for t in threads:
+            t.join()
+        for net in planned:   # the first failure in plan order wins
+            outcome = outcomes[net.ifname]
+            if isinstance(outcome, BaseException):
+                raise outcome
+        return {ifname: r for ifname, r in outcomes.items() if isinstance(r, cni.Result)}
 
     def teardown(self, planned: Sequence[PlannedNetwork], spec: PodNetworkSpec,
                  sandbox_id: str, netns: str) -> None:
@@ -206,6 +233,33 @@ class PodNetwork:
             raise first
 
 
+    def plugin_status(self) -> str:
+        """Ask the loaded networks' plugins whether they can take ADDs (CNI 1.1.0
+        STATUS; lists of older versions are ready by definition). Returns "" when
+        ready, else what the failing plugin said."""
+        for net in self.status().networks:
+            try:
+                self._cni.get_status_network_list(net)
+            except cni.CNIError as exc:
+                return str(exc)
+        return ""
+
+    def gc(self, valid: Sequence[tuple[str, str, str]]) -> None:
+        """CNI GC for the loaded networks and cni-loopback: every cached attachment
+        not in *valid* (network, sandbox id, ifname) is deleted, and 1.1.0 plugins get
+        GC with ``cni.dev/valid-attachments``. Errors are logged, not raised."""
+        networks = list(self.status().networks)
+        if not self.settings.use_internal_loopback:
+            networks.append(cni.conflist_from_bytes(LOOPBACK_CONFLIST))
+        for net in networks:
+            keep = [cni.GCAttachment(container_id=sid, ifname=ifname)
+                    for name, sid, ifname in valid if name == net.name]
+            try:
+                self._cni.gc_network_list(net, keep)
+            except cni.CNIError as exc:
+                log.warning("GC of network %s: %s", net.name, exc)
+
+
 def _parse(net: PlannedNetwork) -> cni.NetworkConfigList:
     return cni.conflist_from_bytes(net.conflist, source=f"network {net.name}")
 
@@ -225,20 +279,24 @@ def _dir_signature(conf_dir: str) -> tuple:
     return tuple(sig)
 
 
-def pod_ips(results: Mapping[str, Mapping[str, Any]], ifname: str, ip_pref: str) -> list[str]:
-    """The IPs on *ifname* in the sandbox, primary first, ordered by containerd's
-    ``ip_pref`` rule: ``ipv4`` (default) or ``ipv6`` puts that family first, ``cni``
-    keeps the order the plugins returned."""
-    raw = results.get(ifname)
-    if not raw:
-        return []
-    result = cni.parse_result(raw)
-    chosen = result.sandbox_ips(ifname)
-    if ip_pref == "cni":
-        chosen = tuple(sorted(chosen, key=result.ips.index))
-    elif ip_pref == "ipv6":
-        chosen = tuple(sorted(chosen, key=lambda ip: ip.version != 6))
-    return [str(ip.address.ip) for ip in chosen]
+def pod_ips(results: Mapping[str, Mapping[str, Any]], ip_pref: str) -> list[str]:
+    """A pod's IPs, primary first: eth0's, ordered by containerd's ``ip_pref`` rule
+    (``ipv4``, the default, or ``ipv6`` puts that family first; ``cni`` keeps the
+    plugins' order), then those of eth1, eth2, ... in the same order."""
+    ips: list[str] = []
+    for ifname in sorted((i for i in results if i.startswith("eth")), key=_if_index):
+        result = cni.parse_result(results[ifname])
+        chosen = result.sandbox_ips(ifname)
+        if ip_pref == "cni":
+            chosen = tuple(sorted(chosen, key=result.ips.index))
+        elif ip_pref == "ipv6":
+            chosen = tuple(sorted(chosen, key=lambda ip: ip.version != 6))
+        ips += [str(ip.address.ip) for ip in chosen if str(ip.address.ip) not in ips]
+    return ips
+
+
+def _if_index(ifname: str) -> int:
+    return int(ifname[3:]) if ifname[3:].isdigit() else 1 << 30
 
 
 def result_json(result: cni.Result) -> dict[str, Any]:

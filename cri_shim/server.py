@@ -24,7 +24,7 @@ from google.protobuf import json_format
 from . import __version__
 from .api import api_pb2 as pb
 from .api import api_pb2_grpc as pb_grpc
-from .errors import NETWORK_NOT_READY_MESSAGE, NETWORK_NOT_READY_REASON, NotFound, grpc_status
+from .errors import NotFound, grpc_status
 from .manager import SandboxFilter, SandboxManager
 from .podconfig import parse_pod_config
 from .store import NOTREADY, READY, SandboxRecord
@@ -79,11 +79,10 @@ class CRIServicer(pb_grpc.RuntimeServiceServicer, pb_grpc.ImageServiceServicer):
 
     @_rpc
     def Status(self, request: pb.StatusRequest, context: Any) -> pb.StatusResponse:
+        ready, reason, message = self.manager.network_condition()
+        network_ready = pb.RuntimeCondition(type="NetworkReady", status=ready, reason=reason,
+                                            message=message)
         net = self.manager.network.status()
-        network_ready = pb.RuntimeCondition(type="NetworkReady", status=net.ready)
-        if not net.ready:
-            network_ready.reason = NETWORK_NOT_READY_REASON
-            network_ready.message = NETWORK_NOT_READY_MESSAGE
         reply = pb.StatusResponse(status=pb.RuntimeStatus(conditions=[
             pb.RuntimeCondition(type="RuntimeReady", status=True), network_ready]))
         if request.verbose:
@@ -102,6 +101,7 @@ class CRIServicer(pb_grpc.RuntimeServiceServicer, pb_grpc.ImageServiceServicer):
         cidr = request.runtime_config.network_config.pod_cidr
         if cidr and cidr != self.pod_cidr:
             log.info("node pod CIDR is now %s", cidr)
+            self.manager.update_pod_cidrs(cidr)
             self.pod_cidr = cidr
         return pb.UpdateRuntimeConfigResponse()
 

@@ -1,0 +1,35 @@
+"""The one mapping from errors to gRPC codes."""
+
+from __future__ import annotations
+
+import grpc
+import pytest
+
+import cni
+from cri_shim.errors import (AlreadyExists, FailedPrecondition, InvalidArgument, NetworkError,
+                             NetworkNotReady, NotFound, grpc_status)
+
+
+@pytest.mark.parametrize("exc, code", [
+    (InvalidArgument("x"), grpc.StatusCode.INVALID_ARGUMENT),
+    (NotFound("x"), grpc.StatusCode.NOT_FOUND),
+    (AlreadyExists("x"), grpc.StatusCode.ALREADY_EXISTS),
+    (FailedPrecondition("x"), grpc.StatusCode.FAILED_PRECONDITION),
+    (NetworkNotReady(), grpc.StatusCode.FAILED_PRECONDITION),
+    (NetworkError("setup", cni.PluginNotFound("bridge", ["/opt/cni/bin"])), grpc.StatusCode.FAILED_PRECONDITION),
+    (NetworkError("setup", cni.ConfigError("bad", "/etc/cni/net.d/x.conf")), grpc.StatusCode.FAILED_PRECONDITION),
+    (NetworkError("setup", cni.PluginError(11, "later", "", plugin="bridge", command="ADD")), grpc.StatusCode.UNAVAILABLE),
+    (NetworkError("setup", cni.PluginError(7, "bad", "", plugin="bridge", command="ADD")), grpc.StatusCode.UNKNOWN),
+    (cni.PluginError(7, "bad", "", plugin="bridge", command="ADD"), grpc.StatusCode.UNKNOWN),
+    (RuntimeError("boom"), grpc.StatusCode.INTERNAL),
+])
+def test_codes(exc: Exception, code: grpc.StatusCode) -> None:
+    assert grpc_status(exc)[0] == code
+
+
+def test_cni_error_text_survives_to_the_client() -> None:
+    err = NetworkError('failed to set up network for sandbox "abc"',
+                       cni.PluginError(7, "invalid config", "no bridge name", plugin="bridge", command="ADD"))
+    message = grpc_status(err)[1]
+    for part in ('sandbox "abc"', "bridge", "ADD", "invalid config", "no bridge name"):
+        assert part in message
