@@ -125,7 +125,17 @@ class CNIError(Exception):
 
 
 class PluginError(CNIError):
-    """The plugin ran and failed; ``code``/``msg``/``details`` are what it reported."""
+    """The plugin ran and failed; ``code``/``msg``/``details`` are what it reported.
+
+    ``str()`` carries the code too, so it reaches CRI clients that only see text:
+    ``plugin "bridge" failed on ADD (CNI error code 7): <msg>: <details>``.
+    """
+
+    def _where(self) -> str:
+        where = super()._where()
+        if where.endswith(": "):
+            return f"{where[:-2]} (CNI error code {self.code}): "
+        return f"CNI error code {self.code}: "
 
 
 class InvalidPluginOutput(PluginError):

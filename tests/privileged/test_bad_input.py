@@ -72,7 +72,7 @@ def test_plugin_error_reaches_the_client_and_everything_is_undone(shim: Shim) ->
     assert err.code() == grpc.StatusCode.UNKNOWN
     assert "shim-test" in err.details()
     assert "no good" in err.details() and "field xyz is wrong" in err.details()
-    assert "7" in err.details()
+    assert "CNI error code 7" in err.details()
     # bridge had allocated an IP and made a veth before shim-test failed: all undone.
     assert shim.leftovers("testnet") == {}
     assert shim.runtime.ListPodSandbox(pb.ListPodSandboxRequest()).items == []

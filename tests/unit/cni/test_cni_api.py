@@ -147,7 +147,7 @@ def test_add_failure_stops_the_chain_and_caches_nothing(config, fake_exec, rt, c
     err = info.value
     assert (err.code, err.msg, err.details, err.plugin, err.command) == (
         11, "iptables busy", "try later", "portmap", "ADD")
-    assert str(err) == 'plugin "portmap" failed on ADD: iptables busy: try later'
+    assert str(err) == 'plugin "portmap" failed on ADD (CNI error code 11): iptables busy: try later'
     assert fake_exec.commands() == [("bridge", "ADD"), ("portmap", "ADD")]
     assert not os.path.exists(cache_file(cache_dir))
 

@@ -72,7 +72,7 @@ def test_decode_error_object():
         7, "bad config", "no ipam", "bridge", "ADD")
     assert err.to_dict("1.0.0") == {"cniVersion": "1.0.0", "code": 7, "msg": "bad config",
                                     "details": "no ipam"}
-    assert str(err) == 'plugin "bridge" failed on ADD: bad config: no ipam'
+    assert str(err) == 'plugin "bridge" failed on ADD (CNI error code 7): bad config: no ipam'
 
 
 @pytest.mark.parametrize("stdout,returncode,command,message", [
