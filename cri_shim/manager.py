@@ -65,25 +65,45 @@ class SandboxManager:
     # -- start-up -----------------------------------------------------------------
 
     def recover(self) -> None:
-        """Load the store; finish the teardown of sandboxes a crash left half made."""
+        """Load the store and repair what the last run could not finish.
+
+        A sandbox still ``creating`` (the server died mid-RunPodSandbox) is torn down
+        and forgotten. A READY sandbox whose netns is gone (the machine rebooted, or
+        someone unmounted it) is torn down and marked NOTREADY, so host-local's IP
+        files, which survive a reboot, are released; kubelet then recreates the pod.
+        """
         for rec in self.store.load_all():
             if rec.state == CREATING:
                 log.warning("sandbox %s (%s/%s) was being created when the last run stopped; "
                             "tearing it down", rec.id[:12], rec.namespace, rec.name)
-                try:
-                    self._teardown(rec)
-                except NetworkError as exc:
-                    log.error("sandbox %s: teardown after crash failed (%s); kept as NOTREADY "
-                              "so a stop or remove can retry it", rec.id[:12], exc)
-                    rec = rec.replace(state=NOTREADY)
-                    self.store.put(rec)
-                else:
-                    self.store.delete(rec.id)
+                if self._repair(rec, forget=True):
                     continue
+                rec = rec.replace(state=NOTREADY)
+            elif rec.state == READY and rec.netns_path and not self._netns.is_pinned(rec.netns_path):
+                log.warning("sandbox %s (%s/%s): its netns %s is gone; tearing down its "
+                            "networks", rec.id[:12], rec.namespace, rec.name, rec.netns_path)
+                self._repair(rec, forget=False)
+                rec = rec.replace(state=NOTREADY)
             with self._lock:
                 self._sandboxes[rec.id] = _Entry(rec)
                 self._names[_name_key(rec)] = rec.id
         log.info("recovered %d sandboxes from %s", len(self._sandboxes), getattr(self.store, "directory", "store"))
+
+    def _repair(self, rec: SandboxRecord, *, forget: bool) -> bool:
+        """Teardown at start-up; True when it worked. On failure the record stays
+        (NOTREADY, netns kept) so a later stop or remove retries it."""
+        try:
+            self._teardown(rec)
+        except NetworkError as exc:
+            log.error("sandbox %s: teardown failed (%s); kept as NOTREADY so a stop or "
+                      "remove can retry it", rec.id[:12], exc)
+            self.store.put(rec.replace(state=NOTREADY))
+            return False
+        if forget:
+            self.store.delete(rec.id)
+        else:
+            self.store.put(rec.replace(state=NOTREADY))
+        return True
 
     def gc(self) -> None:
         """CNI GC: attachments in libcni's cache that no known READY sandbox owns are
@@ -255,14 +275,18 @@ class SandboxManager:
     # -- queries ------------------------------------------------------------------
 
     def get(self, sandbox_id: str) -> SandboxRecord:
+        """A sandbox by id or unique prefix. One still being created is NOT_FOUND,
+        as in containerd, whose store only gets a sandbox once it is set up."""
         entry = self._find(sandbox_id)
         assert entry is not None
+        if entry.record.state == CREATING:
+            raise NotFound(f'an error occurred when try to find sandbox: not found: "{sandbox_id}"')
         return entry.record
 
     def list(self, flt: SandboxFilter | None = None) -> list[SandboxRecord]:
         flt = flt or SandboxFilter()
         with self._lock:
-            records = [e.record for e in self._sandboxes.values()]
+            records = [e.record for e in self._sandboxes.values() if e.record.state != CREATING]
         if flt.id:
             records = [r for r in records if r.id.startswith(flt.id)]
         if flt.state is not None:

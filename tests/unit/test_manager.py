@@ -373,3 +373,31 @@ def test_restart_rebuilds_from_the_store(env: Env) -> None:
     assert rec.state == READY and manager.ips(rec) == ips
     assert rec.networks == (PlannedNetwork(name="cni-loopback", ifname="lo", conflist=rec.networks[0].conflist),
                             rec.networks[1])
+
+
+def test_ready_sandbox_whose_netns_vanished_is_released_on_recover(env: Env) -> None:
+    """After a reboot the netns is gone but host-local's IP files are not."""
+    write_conflist(env.conf_dir)
+    sandbox_id = env.run()
+    env.netns.unpin(env.manager.get(sandbox_id).netns_path)
+    env.exec.calls.clear()
+    manager = env.new_manager()
+    manager.recover()
+    assert env.exec.commands() == [("loopback", "DEL"), ("portmap", "DEL"), ("bridge", "DEL")]
+    assert all(c.cni_env["CNI_NETNS"] == "" for c in env.exec.calls)
+    assert manager.get(sandbox_id).state == NOTREADY
+    assert env.cached() == []
+
+
+def test_sandbox_being_created_is_not_listed(env: Env) -> None:
+    write_conflist(env.conf_dir)
+    seen = {}
+
+    def peek(call):
+        seen["list"] = env.manager.list()
+        return cni.ExecOutput(json.dumps(call.stdin["prevResult"]).encode())
+
+    env.exec.scripts[("portmap", "ADD")] = peek
+    sandbox_id = env.run()
+    assert seen["list"] == []
+    assert [r.id for r in env.manager.list()] == [sandbox_id]
