@@ -15,8 +15,9 @@ notes, the cache entry goes only when all succeeded, at every version); DEL pref
 the cached configuration, ``CNI_ARGS`` and capability args (as CRI-O's ocicni), so
 a conf dir edited while the pod ran still tears down what ADD set up; ``prevResult``
 on ADD is converted to the list's version (libcni forwards the previous plugin's
-version, the same for plugins that follow the spec); ``portMappings`` entries
-without a positive ``hostPort`` are dropped (containerd does that before libcni).
+version, the same for plugins that follow the spec). Capability args are passed as
+given: dropping port mappings without a host port is the runtime's job (containerd's
+``toCNIPortMappings``; ours is ``cri_shim.podnet.capability_args``).
 
 Locking: no mutable state besides the cache files. The spec forbids concurrent
 operations on one (network, container, ifname); callers serialize them (a lock per
@@ -93,17 +94,7 @@ def validate_attachment(network: str, container_id: str, ifname: str) -> None:
 
 
 def _normalize(rt: RuntimeConf) -> RuntimeConf:
-    caps = dict(rt.capability_args)
-    mappings = caps.get("portMappings")
-    if isinstance(mappings, (list, tuple)):
-        caps["portMappings"] = [m for m in mappings
-                                if not isinstance(m, Mapping) or _positive(m.get("hostPort"))]
-    return dataclasses.replace(rt, args=tuple((str(k), str(v)) for k, v in rt.args),
-                               capability_args=caps)
-
-
-def _positive(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool) and value > 0
+    return dataclasses.replace(rt, args=tuple((str(k), str(v)) for k, v in rt.args))
 
 
 def _stdin(net: NetworkConfigList, plugin: PluginConf, *,

@@ -95,7 +95,8 @@ def _serve(args: argparse.Namespace) -> int:
         log.info("config %s: root=%s state=%s conf_dir=%s bin_dirs=%s", cfg.source, cfg.root,
                  cfg.state, cfg.cni.conf_dir, ":".join(cfg.cni.bin_dirs))
         manager.recover()
-        manager.gc()
+        if cfg.cni.gc_on_start:
+            manager.gc()
         serve(manager, cfg.address, stop)
     except SocketInUse as exc:
         print(f"cri-shim: {exc.strerror}", file=sys.stderr)

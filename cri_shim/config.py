@@ -41,6 +41,7 @@ class CNISettings:
     cache_dir: str = "/var/lib/cni"        # libcni's CacheDir (results/ lives below it)
     netns_dir: str = "/var/run/netns"      # where pod network namespaces are pinned
     plugin_timeout: float = 60.0           # seconds one plugin exec may take
+    gc_on_start: bool = True               # CNI GC of unowned cached attachments at start
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -83,8 +84,9 @@ def parse(text: str, *, source: str) -> Config:
         raise ConfigFileError(f"{source}: invalid TOML: {exc}") from exc
     reader = _Reader(source)
     version = doc.get("version", 2)
-    if version not in (1, 2, 3):
-        raise ConfigFileError(f"{source}: unsupported config version {version!r} (want 2 or 3)")
+    if version not in (2, 3):
+        raise ConfigFileError(f"{source}: unsupported config version {version!r} (want 2 or 3; "
+                              "version 1's [plugins.cri] layout is not read)")
     grpc_table = reader.table(doc, "grpc")
     plugins = reader.table(doc, "plugins")
     cri_table, cri_name = _cri_table(reader, plugins, version)
@@ -169,6 +171,7 @@ def _cni_settings(reader: "_Reader", t: Mapping[str, Any], where: str) -> CNISet
         cache_dir=reader.string(t, "cache_dir", d.cache_dir, where=where),
         netns_dir=reader.string(t, "netns_dir", d.netns_dir, where=where),
         plugin_timeout=float(timeout),
+        gc_on_start=reader.boolean(t, "gc_on_start", d.gc_on_start, where=where),
     )
 
 

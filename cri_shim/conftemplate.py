@@ -17,8 +17,9 @@ from __future__ import annotations
 import ipaddress
 import os
 import re
-import tempfile
 from typing import Any, Mapping, Sequence
+
+from .store import write_atomically
 
 CONF_FILENAME = "10-containerd-net.conflist"
 
@@ -52,15 +53,7 @@ def write_conf(conf_dir: str, template_path: str, pod_cidrs: Sequence[str]) -> s
         text = render(f.read(), template_values(pod_cidrs))
     os.makedirs(conf_dir, exist_ok=True)
     path = os.path.join(conf_dir, CONF_FILENAME)
-    fd, tmp = tempfile.mkstemp(dir=conf_dir, prefix=".10-containerd-net.", suffix=".tmp")
-    try:
-        os.fchmod(fd, 0o644)
-        os.write(fd, text.encode())
-        os.close(fd)
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
+    write_atomically(path, text.encode(), 0o644)
     return path
 
 

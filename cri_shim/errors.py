@@ -14,7 +14,7 @@
 CNI errors (``cni.CNIError`` and its subclasses) raised below the sandbox manager are
 wrapped in ``NetworkError`` with ``raise ... from``; the plugin's own code, message and
 details stay in the text the client sees, e.g.
-``failed to set up network for sandbox "ab12..": plugin "bridge" failed on ADD: CNI error 7 ...``.
+``failed to set up network for sandbox "ab12..": plugin "bridge" failed on ADD (CNI error code 7): ...``.
 """
 
 from __future__ import annotations

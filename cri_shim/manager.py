@@ -5,14 +5,20 @@ namespaces and the CNI attachments; it knows nothing of gRPC or protobuf.
 
 Locking contract: ``self._lock`` guards ``self._sandboxes`` and ``self._names`` and is
 held only for dictionary work, never across a plugin exec or a netns operation. Each
-sandbox has its own lock (``_Entry.lock``), taken by the public methods that change that
-sandbox and held across its netns/CNI work; private methods never take locks. So two
-pods are networked in parallel, and Stop/Remove of one pod serialise only with each other.
+sandbox has its own lock (``_Entry.lock``), taken only by the public methods that change
+that sandbox and held across its netns/CNI work; private methods never take an entry
+lock. So two pods are networked in parallel, and Stop/Remove of one pod serialise only
+with each other.
+
+A record whose ``networks`` is non-empty still owes a teardown: the field is cleared
+only when every DEL has worked and the netns is unpinned, so a failed stop (or a
+failed undo, or a failed repair at start-up) is retried by the next stop or remove.
 """
 
 from __future__ import annotations
 
 import ipaddress
+import json
 import logging
 import secrets
 import threading
@@ -61,6 +67,7 @@ class SandboxManager:
         self._lock = threading.Lock()
         self._sandboxes: dict[str, _Entry] = {}
         self._names: dict[str, str] = {}   # reserved sandbox name -> id
+        self.pod_cidrs: list[str] = []     # the node's, from UpdateRuntimeConfig
 
     # -- start-up -----------------------------------------------------------------
 
@@ -82,8 +89,8 @@ class SandboxManager:
             elif rec.state == READY and rec.netns_path and not self._netns.is_pinned(rec.netns_path):
                 log.warning("sandbox %s (%s/%s): its netns %s is gone; tearing down its "
                             "networks", rec.id[:12], rec.namespace, rec.name, rec.netns_path)
-                self._repair(rec, forget=False)
-                rec = rec.replace(state=NOTREADY)
+                repaired = self._repair(rec, forget=False)
+                rec = rec.replace(state=NOTREADY, **({"networks": (), "results": {}} if repaired else {}))
             with self._lock:
                 self._sandboxes[rec.id] = _Entry(rec)
                 self._names[_name_key(rec)] = rec.id
@@ -91,10 +98,11 @@ class SandboxManager:
 
     def _repair(self, rec: SandboxRecord, *, forget: bool) -> bool:
         """Teardown at start-up; True when it worked. On failure the record stays
-        (NOTREADY, netns kept) so a later stop or remove retries it."""
+        NOTREADY with its networks (a teardown still owed), so a later stop or remove
+        retries it. Nothing one record does can keep the server from starting."""
         try:
             self._teardown(rec)
-        except NetworkError as exc:
+        except Exception as exc:
             log.error("sandbox %s: teardown failed (%s); kept as NOTREADY so a stop or "
                       "remove can retry it", rec.id[:12], exc)
             self.store.put(rec.replace(state=NOTREADY))
@@ -102,7 +110,7 @@ class SandboxManager:
         if forget:
             self.store.delete(rec.id)
         else:
-            self.store.put(rec.replace(state=NOTREADY))
+            self.store.put(rec.replace(state=NOTREADY, networks=(), results={}))
         return True
 
     def gc(self) -> None:
@@ -126,17 +134,35 @@ class SandboxManager:
             return False, NETWORK_NOT_READY_REASON, f"Network plugin returns error: {problem}"
         return True, "", ""
 
+    def cni_info(self) -> dict[str, Any]:
+        """The loaded CNI configuration, as ``Status(verbose)`` shows it."""
+        net = self.network.status()
+        settings = self.config.cni
+        return {
+            "pluginDirs": list(settings.bin_dirs),
+            "pluginConfDir": settings.conf_dir,
+            "pluginMaxConfNum": settings.max_conf_num,
+            "podCIDRs": self.pod_cidrs,
+            "networks": [{"name": n.name, "source": n.source, "config": json.loads(n.raw)}
+                         for n in net.networks],
+            "skipped": [{"path": s.path, "reason": s.reason} for s in net.skipped],
+        }
+
     def update_pod_cidrs(self, pod_cidr: str) -> None:
         """kubelet's UpdateRuntimeConfig: render ``conf_template`` for the node's pod
         CIDR(s) ("a,b" for dual stack) when no network config is loaded yet."""
         cidrs = [c.strip() for c in pod_cidr.split(",") if c.strip()]
+        if not cidrs or cidrs == self.pod_cidrs:
+            return
         for c in cidrs:
             try:
                 ipaddress.ip_network(c, strict=False)
             except ValueError as exc:
                 raise InvalidArgument(f"pod CIDR {c!r}: {exc}") from exc
+        log.info("node pod CIDRs are now %s", ",".join(cidrs))
+        self.pod_cidrs = cidrs
         template = self.config.cni.conf_template
-        if not cidrs or not template:
+        if not template:
             return
         if self.network.status().ready:
             log.info("network config already loaded; not rendering conf_template")
@@ -170,41 +196,51 @@ class SandboxManager:
                 self._names[key] = sandbox_id
                 self._sandboxes[sandbox_id] = entry
             try:
-                entry.record = self._create(rec, spec)
+                self._create(entry, spec)
             except BaseException:
-                with self._lock:
-                    self._sandboxes.pop(sandbox_id, None)
-                    self._names.pop(key, None)
-                entry.removed = True
+                if entry.record.state == CREATING:   # fully undone: forget it
+                    with self._lock:
+                        self._sandboxes.pop(sandbox_id, None)
+                        self._names.pop(key, None)
+                    entry.removed = True
+                # else the undo failed: it stays listed as NOTREADY, name reserved,
+                # so kubelet's stop/remove (or the next start) finishes the teardown.
                 raise
         log.info("sandbox %s ready: %s/%s ips=%s", sandbox_id[:12], spec.namespace, spec.name,
                  self.ips(entry.record) or "-")
         return sandbox_id
 
-    def _create(self, rec: SandboxRecord, spec: SandboxSpec) -> SandboxRecord:
+    def _create(self, entry: _Entry, spec: SandboxSpec) -> None:
+        rec = entry.record
         if rec.host_network:
-            rec = rec.replace(state=READY)
-            self.store.put(rec)
-            return rec
+            entry.record = rec.replace(state=READY)
+            self.store.put(entry.record)
+            return
         try:
             planned = self.network.plan()
         except cni.CNIError as exc:
             raise NetworkError(f'failed to set up network for sandbox "{rec.id}"', exc) from exc
         if not planned:
             raise NetworkNotReady(self.network.not_ready_detail())
-        rec = rec.replace(netns_path=self._netns.new_path(self.config.cni.netns_dir),
-                          networks=planned)
+        rec = entry.record = rec.replace(netns_path=self._netns.new_path(self.config.cni.netns_dir),
+                                         networks=planned)
         self.store.put(rec)   # the intent, before anything is made
         try:
             self._netns.pin(rec.netns_path, loopback_up=self.config.cni.use_internal_loopback)
             results = self.network.setup(planned, spec.network, rec.id, rec.netns_path)
+            results_json = {ifname: result_json(r) for ifname, r in results.items()}
+            if not pod_ips(results_json, self.config.cni.ip_pref):
+                # containerd: "failed to find network info for sandbox"; kubelet would
+                # recreate an IP-less sandbox forever.
+                raise cni.CNIError(cni.ERR_UNKNOWN, "no IP address on eth0 in the CNI result",
+                                   json.dumps(results_json.get("eth0", {})))
         except BaseException as exc:
             try:
                 self._teardown(rec)
-            except Exception as undo:  # keep the record: the next start retries the undo
+            except Exception as undo:
                 log.error("sandbox %s: undoing a failed set-up failed too: %s", rec.id[:12], undo)
-                rec = rec.replace(state=NOTREADY)
-                self.store.put(rec)
+                entry.record = rec.replace(state=NOTREADY)
+                self.store.put(entry.record)
             else:
                 self.store.delete(rec.id)
             if isinstance(exc, cni.CNIError):
@@ -213,10 +249,8 @@ class SandboxManager:
                 raise NetworkError(f'failed to create network namespace for sandbox "{rec.id}"',
                                    cni.CNIError(cni.ERR_IO_FAILURE, str(exc))) from exc
             raise
-        rec = rec.replace(state=READY,
-                          results={ifname: result_json(r) for ifname, r in results.items()})
-        self.store.put(rec)
-        return rec
+        entry.record = rec.replace(state=READY, results=results_json)
+        self.store.put(entry.record)
 
     # -- StopPodSandbox / RemovePodSandbox ---------------------------------------
 
@@ -249,10 +283,10 @@ class SandboxManager:
 
     def _stop(self, entry: _Entry) -> None:
         rec = entry.record
-        if rec.state == NOTREADY and not (rec.netns_path and self._netns.is_pinned(rec.netns_path)):
+        if rec.state == NOTREADY and not rec.networks:
             return
         self._teardown(rec)
-        entry.record = rec.replace(state=NOTREADY)
+        entry.record = rec.replace(state=NOTREADY, networks=(), results={})
         self.store.put(entry.record)
         log.info("sandbox %s stopped", rec.id[:12])
 
@@ -288,7 +322,10 @@ class SandboxManager:
         with self._lock:
             records = [e.record for e in self._sandboxes.values() if e.record.state != CREATING]
         if flt.id:
-            records = [r for r in records if r.id.startswith(flt.id)]
+            # containerd resolves a unique id prefix, then matches exactly.
+            matches = [r for r in records if r.id.startswith(flt.id)]
+            wanted = matches[0].id if len(matches) == 1 else flt.id
+            records = [r for r in records if r.id == wanted]
         if flt.state is not None:
             records = [r for r in records if r.state == flt.state]
         if flt.labels:

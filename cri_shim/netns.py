@@ -67,18 +67,11 @@ def unpin(path: str) -> None:
 
 
 def is_pinned(path: str) -> bool:
-    """True when *path* is a bind-mounted network namespace."""
+    """True when *path* is a bind-mounted network namespace (a mount point)."""
     try:
-        return os.path.ismount(path) or _is_nsfs(path)
+        return os.path.ismount(path)
     except OSError:
         return False
-
-
-def _is_nsfs(path: str) -> bool:
-    # Bind mounts of files do not always count as mount points for os.path.ismount;
-    # an nsfs inode has a device different from its directory's.
-    st, parent = os.stat(path), os.stat(os.path.dirname(path) or ".")
-    return st.st_dev != parent.st_dev
 
 
 def _which(name: str) -> str:

@@ -14,6 +14,8 @@ effect for the next pod without a restart.
 
 from __future__ import annotations
 
+import functools
+import ipaddress
 import json
 import logging
 import os
@@ -150,7 +152,7 @@ class PodNetwork:
         planned = [] if self.settings.use_internal_loopback else [
             PlannedNetwork(name="cni-loopback", ifname=LOOPBACK_IFNAME, conflist=LOOPBACK_CONFLIST)]
         for i, net in enumerate(status.networks):
-            planned.append(PlannedNetwork(name=net.name, ifname=f"eth{i}", conflist=net.raw))
+            planned.append(PlannedNetwork(name=net.name, ifname=f"eth{i}", conflist=_self_contained(net)))
         # Refuse up front (a stat per plugin) rather than fail halfway through a chain
         # whose DEL could then not run either.
         for net in planned:
@@ -261,7 +263,25 @@ class PodNetwork:
 
 
 def _parse(net: PlannedNetwork) -> cni.NetworkConfigList:
-    return cni.conflist_from_bytes(net.conflist, source=f"network {net.name}")
+    return _parse_bytes(net.conflist, net.name)
+
+
+@functools.lru_cache(maxsize=64)
+def _parse_bytes(conflist: bytes, name: str) -> cni.NetworkConfigList:
+    # Every ADD/DEL of every pod parses the same few conflists: parse each once.
+    return cni.conflist_from_bytes(conflist, source=f"network {name}")
+
+
+@functools.lru_cache(maxsize=64)
+def _self_contained(net: cni.NetworkConfigList) -> bytes:
+    """The conflist's bytes, with plugins libcni loaded from ``<conf_dir>/<name>/``
+    written inline, so the sandbox record (and the DEL that reads it) has them all."""
+    if len(_parse_bytes(net.raw, net.name).plugins) == len(net.plugins):
+        return net.raw
+    doc = json.loads(net.raw)
+    doc["plugins"] = [dict(p.raw) for p in net.plugins]
+    doc["loadOnlyInlinedPlugins"] = True
+    return json.dumps(doc).encode()
 
 
 def _dir_signature(conf_dir: str) -> tuple:
@@ -280,18 +300,23 @@ def _dir_signature(conf_dir: str) -> tuple:
 
 
 def pod_ips(results: Mapping[str, Mapping[str, Any]], ip_pref: str) -> list[str]:
-    """A pod's IPs, primary first: eth0's, ordered by containerd's ``ip_pref`` rule
-    (``ipv4``, the default, or ``ipv6`` puts that family first; ``cni`` keeps the
-    plugins' order), then those of eth1, eth2, ... in the same order."""
+    """A pod's IPs, primary first.
+
+    eth0's addresses in the order the plugins returned them, the primary picked as
+    containerd's ``selectPodIPs`` does (``ipv4``, the default: the first IPv4 one;
+    ``ipv6``: the first IPv6 one; ``cni``: the first one) with the others after it in
+    their order. Then, unlike containerd (which reports eth0 only), the addresses of
+    eth1, eth2, ... so every attached network shows in ``additional_ips``.
+    """
     ips: list[str] = []
     for ifname in sorted((i for i in results if i.startswith("eth")), key=_if_index):
         result = cni.parse_result(results[ifname])
-        chosen = result.sandbox_ips(ifname)
-        if ip_pref == "cni":
-            chosen = tuple(sorted(chosen, key=result.ips.index))
-        elif ip_pref == "ipv6":
-            chosen = tuple(sorted(chosen, key=lambda ip: ip.version != 6))
-        ips += [str(ip.address.ip) for ip in chosen if str(ip.address.ip) not in ips]
+        chosen = [str(ip.address.ip) for ip in sorted(result.sandbox_ips(ifname), key=result.ips.index)]
+        if ifname == "eth0" and ip_pref in ("ipv4", "ipv6"):
+            want = 4 if ip_pref == "ipv4" else 6
+            first = next((i for i, ip in enumerate(chosen) if ipaddress.ip_address(ip).version == want), 0)
+            chosen = chosen[first:first + 1] + chosen[:first] + chosen[first + 1:]
+        ips += [ip for ip in chosen if ip not in ips]
     return ips
 
 

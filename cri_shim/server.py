@@ -67,7 +67,6 @@ def _rpc(method: Callable[..., Any]) -> Callable[..., Any]:
 class CRIServicer(pb_grpc.RuntimeServiceServicer, pb_grpc.ImageServiceServicer):
     def __init__(self, manager: SandboxManager) -> None:
         self.manager = manager
-        self.pod_cidr = ""   # last one UpdateRuntimeConfig sent
 
     # -- runtime ------------------------------------------------------------------
 
@@ -82,13 +81,11 @@ class CRIServicer(pb_grpc.RuntimeServiceServicer, pb_grpc.ImageServiceServicer):
         ready, reason, message = self.manager.network_condition()
         network_ready = pb.RuntimeCondition(type="NetworkReady", status=ready, reason=reason,
                                             message=message)
-        net = self.manager.network.status()
         reply = pb.StatusResponse(status=pb.RuntimeStatus(conditions=[
             pb.RuntimeCondition(type="RuntimeReady", status=True), network_ready]))
         if request.verbose:
-            reply.info["cniconfig"] = json.dumps(status_info(self.manager))
-            reply.info["lastCNILoadStatus"] = (
-                "OK" if net.ready else f"cni config load failed: no network config found in {net.conf_dir}")
+            reply.info["cniconfig"] = json.dumps(self.manager.cni_info())
+            reply.info["lastCNILoadStatus"] = "OK" if ready else message
         return reply
 
     @_rpc
@@ -98,11 +95,7 @@ class CRIServicer(pb_grpc.RuntimeServiceServicer, pb_grpc.ImageServiceServicer):
 
     @_rpc
     def UpdateRuntimeConfig(self, request: pb.UpdateRuntimeConfigRequest, context: Any) -> Any:
-        cidr = request.runtime_config.network_config.pod_cidr
-        if cidr and cidr != self.pod_cidr:
-            log.info("node pod CIDR is now %s", cidr)
-            self.manager.update_pod_cidrs(cidr)
-            self.pod_cidr = cidr
+        self.manager.update_pod_cidrs(request.runtime_config.network_config.pod_cidr)
         return pb.UpdateRuntimeConfigResponse()
 
     # -- sandboxes ----------------------------------------------------------------
@@ -146,7 +139,7 @@ class CRIServicer(pb_grpc.RuntimeServiceServicer, pb_grpc.ImageServiceServicer):
         f = request.filter
         flt = SandboxFilter(
             id=f.id,
-            state=_PB_TO_STATE[f.state.state] if f.HasField("state") else None,
+            state=_PB_TO_STATE.get(f.state.state, "unknown") if f.HasField("state") else None,
             labels=dict(f.label_selector))
         items = []
         for rec in self.manager.list(flt):
@@ -198,20 +191,6 @@ def verbose_info(rec: SandboxRecord) -> dict[str, Any]:
         "networks": [{"name": n.name, "ifname": n.ifname} for n in rec.networks],
         "cniResult": rec.results,
         "config": rec.config,
-    }
-
-
-def status_info(manager: SandboxManager) -> dict[str, Any]:
-    """The loaded CNI configuration, as ``Status(verbose)`` shows it."""
-    net = manager.network.status()
-    settings = manager.config.cni
-    return {
-        "pluginDirs": list(settings.bin_dirs),
-        "pluginConfDir": settings.conf_dir,
-        "pluginMaxConfNum": settings.max_conf_num,
-        "networks": [{"name": n.name, "source": n.source,
-                      "config": json.loads(n.raw)} for n in net.networks],
-        "skipped": [{"path": s.path, "reason": s.reason} for s in net.skipped],
     }
 
 

@@ -87,6 +87,23 @@ class SandboxRecord:
         return cls(**d)
 
 
+def write_atomically(path: str, data: bytes, mode: int) -> None:
+    """Write *path* so readers see the old or the new content, never a part."""
+    directory, name = os.path.split(path)
+    fd, tmp = tempfile.mkstemp(dir=directory or ".", prefix=f".{name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            os.fchmod(f.fileno(), mode)
+            f.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
+
+
 class Store(Protocol):
     """What the sandbox manager needs from persistence (tests use an in-memory one)."""
 
@@ -107,18 +124,7 @@ class FileStore:
 
     def put(self, rec: SandboxRecord) -> None:
         data = json.dumps(rec.to_json(), separators=(",", ":")).encode()
-        fd, tmp = tempfile.mkstemp(dir=self.directory, prefix=f".{rec.id[:12]}.", suffix=".tmp")
-        try:
-            os.fchmod(fd, 0o600)
-            os.write(fd, data)
-            os.close(fd)
-            os.replace(tmp, self._path(rec.id))
-        except BaseException:
-            try:
-                os.unlink(tmp)
-            except FileNotFoundError:
-                pass
-            raise
+        write_atomically(self._path(rec.id), data, 0o600)
 
     def delete(self, sandbox_id: str) -> None:
         try:

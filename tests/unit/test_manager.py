@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import threading
 from pathlib import Path
 
 import grpc
@@ -353,14 +354,14 @@ def test_names_prefixes_and_filters(env: Env) -> None:
     assert [r.name for r in env.manager.list(SandboxFilter(state=READY))] == ["a", "b"]
     with pytest.raises(InvalidArgument, match="sandbox id is required"):
         env.manager.get("")
-    for sid in ("ab" + "0" * 62, "ac" + "0" * 62):
+    for sid in ("abc" + "0" * 61, "abd" + "0" * 61):
         env.store.put(SandboxRecord(id=sid, name=sid, namespace="d", uid="", attempt=0,
                                     state=NOTREADY, created_at=1))
     manager = env.new_manager()
     manager.recover()
     with pytest.raises(InvalidArgument, match="ambiguous"):
-        manager.get("a")
-    assert manager.get("ab").id.startswith("ab")
+        manager.get("ab")
+    assert manager.get("abc00000000").id.startswith("abc")
 
 
 def test_restart_rebuilds_from_the_store(env: Env) -> None:
@@ -371,8 +372,8 @@ def test_restart_rebuilds_from_the_store(env: Env) -> None:
     manager.recover()
     rec = manager.get(a)
     assert rec.state == READY and manager.ips(rec) == ips
-    assert rec.networks == (PlannedNetwork(name="cni-loopback", ifname="lo", conflist=rec.networks[0].conflist),
-                            rec.networks[1])
+    assert [(n.name, n.ifname) for n in rec.networks] == [("cni-loopback", "lo"), ("testnet", "eth0")]
+    assert b'"name": "testnet"' in rec.networks[1].conflist
 
 
 def test_ready_sandbox_whose_netns_vanished_is_released_on_recover(env: Env) -> None:
@@ -389,6 +390,59 @@ def test_ready_sandbox_whose_netns_vanished_is_released_on_recover(env: Env) -> 
     assert env.cached() == []
 
 
+def test_failed_repair_at_start_is_retried_by_stop(env: Env) -> None:
+    write_conflist(env.conf_dir)
+    sandbox_id = env.run()
+    env.netns.unpin(env.manager.get(sandbox_id).netns_path)
+    env.exec.script("bridge", "DEL", error=(11, "store locked", ""))
+    manager = env.new_manager()
+    manager.recover()                                   # repair fails: owed
+    assert manager.get(sandbox_id).state == NOTREADY and manager.get(sandbox_id).networks
+    env.exec.scripts.clear()
+    env.exec.calls.clear()
+    manager.stop(sandbox_id)                            # ... and is paid here
+    assert ("bridge", "DEL") in env.exec.commands()
+    assert manager.get(sandbox_id).networks == () and env.cached() == []
+
+
+def test_failed_undo_keeps_the_sandbox_listed(env: Env) -> None:
+    write_conflist(env.conf_dir)
+    env.exec.script("portmap", "ADD", error=(7, "bad", ""))
+    env.exec.script("bridge", "DEL", error=(11, "busy", ""))
+    with pytest.raises(NetworkError):
+        env.run()
+    [rec] = env.manager.list()
+    assert rec.state == NOTREADY and env.pinned()        # visible, retried by stop/remove
+    with pytest.raises(AlreadyExists):
+        env.run()                                        # the name stays reserved
+    env.exec.scripts.clear()
+    env.manager.remove(rec.id)
+    assert env.pinned() == [] and env.store.records == {} and env.cached() == []
+    env.run()
+
+
+def test_eth0_without_ip_fails_and_is_undone(env: Env) -> None:
+    write_conflist(env.conf_dir, plugins=[{"type": "noip"}])
+    env.exec.script("noip", "ADD", result={"cniVersion": "1.0.0"})
+    with pytest.raises(NetworkError, match="no IP address on eth0"):
+        env.run()
+    assert env.pinned() == [] and env.store.records == {}
+
+
+def test_plugins_from_the_network_subdirectory_are_kept(env: Env) -> None:
+    env.conf_dir.mkdir()
+    (env.conf_dir / "10-sub.conflist").write_text(json.dumps(
+        {"cniVersion": "1.0.0", "name": "subnet", "plugins": [{"type": "bridge"}]}))
+    (env.conf_dir / "subnet").mkdir()
+    (env.conf_dir / "subnet" / "20-portmap.conf").write_text(json.dumps(
+        {"type": "portmap", "capabilities": {"portMappings": True}}))
+    sandbox_id = env.run()
+    assert ("portmap", "ADD") in env.exec.commands()
+    env.exec.calls.clear()
+    env.manager.stop(sandbox_id)
+    assert env.exec.commands() == [("loopback", "DEL"), ("portmap", "DEL"), ("bridge", "DEL")]
+
+
 def test_sandbox_being_created_is_not_listed(env: Env) -> None:
     write_conflist(env.conf_dir)
     seen = {}
@@ -401,3 +455,29 @@ def test_sandbox_being_created_is_not_listed(env: Env) -> None:
     sandbox_id = env.run()
     assert seen["list"] == []
     assert [r.id for r in env.manager.list()] == [sandbox_id]
+
+
+def test_networks_are_attached_at_the_same_time(tmp_path: Path) -> None:
+    """go-cni's Setup: both ADDs are in flight together (the barrier needs both)."""
+    env = Env(tmp_path)
+    env.config = env.config.replace_cni(setup_serially=False)
+    env.manager = env.new_manager()
+    write_conflist(env.conf_dir, plugins=[{"type": "bridge", "ipam": {}}])
+    barrier = threading.Barrier(2, timeout=5)
+
+    def meet(call):
+        barrier.wait()
+        from cni_fakes import default_result
+        return cni.ExecOutput(json.dumps(default_result(call)).encode())
+
+    env.exec.scripts[("loopback", "ADD")] = meet
+    env.exec.scripts[("bridge", "ADD")] = meet
+    env.run()
+    # And a failure in one network while the other succeeds undoes both.
+    env.exec.scripts[("bridge", "ADD")] = cni.ExecOutput(
+        json.dumps({"code": 7, "msg": "nope"}).encode(), b"", 1)
+    env.exec.scripts.pop(("loopback", "ADD"))
+    env.exec.calls.clear()
+    with pytest.raises(NetworkError, match="nope"):
+        env.run("other")
+    assert {c.plugin for c in env.exec.of("DEL")} == {"loopback", "bridge"}

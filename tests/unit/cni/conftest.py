@@ -35,7 +35,6 @@ def rt() -> cni.RuntimeConf:
               ("K8S_POD_UID", "u-1")),
         capability_args={"portMappings": [
             {"hostPort": 8080, "containerPort": 80, "protocol": "tcp", "hostIP": ""},
-            {"hostPort": 0, "containerPort": 81, "protocol": "tcp", "hostIP": ""},
         ], "bandwidth": {"ingressRate": 1000}})
 
 

@@ -125,7 +125,7 @@ def test_capabilities_filter_runtime_config(config, fake_exec, rt):
                          {**rt.capability_args, "mac": "0a:00:00:00:00:01", "ips": ["10.0.0.9/24"]})
     config.add_network_list(net, rt)
     # Only declared-true capabilities present in the args; the file's runtimeConfig is
-    # replaced, not merged (libcni injectRuntimeConfig); hostPort 0 entries dropped.
+    # replaced, not merged (libcni injectRuntimeConfig).
     assert fake_exec.calls[1].stdin["runtimeConfig"] == {
         "mac": "0a:00:00:00:00:01",
         "portMappings": [{"hostPort": 8080, "containerPort": 80, "protocol": "tcp", "hostIP": ""}]}
