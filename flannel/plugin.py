@@ -1,0 +1,347 @@
+"""The flannel CNI plugin: flannel-io/cni-plugin (``flannel.go``, ``flannel_linux.go``).
+
+A meta-plugin. ADD reads the node agent's ``subnet.env``, builds a delegate config
+for the plugin that does the real work (bridge by default) exactly as flannel does,
+saves it to ``<dataDir>/<containerID>`` and runs the delegate with this process's
+environment; the delegate's result is printed as flannel prints it (its own version,
+through the result types, pretty-printed). DEL runs the delegate's DEL with the saved
+config and removes it; a missing file means there is nothing to undo. CHECK does
+nothing, as flannel's ``cmdCheck`` (a TODO upstream). Errors that flannel builds with
+``fmt.Errorf`` keep their texts and come out as code 999 (skel's ``ErrInternal``);
+a delegate's own error object is passed on unchanged (skel does not wrap a
+``types.Error``).
+
+Deliberate differences: the saved config is written atomically (temp file, fsync,
+rename) rather than truncated in place; and it is kept when the delegate's DEL fails,
+so a retried DEL still reaches the delegate (flannel's deferred cleanup meant that,
+but its current ``doCmdDel`` removes the file whatever the delegate answered).
+
+Started once per pod ADD/DEL: imports only the standard library, ``cni`` and
+``flannel.subnetenv`` (``python -X importtime -m flannel.plugin``).
+"""
+
+from __future__ import annotations
+
+import errno
+import ipaddress
+import os
+import sys
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import IO, Any
+
+from cni import gojson
+from cni.errors import ERR_INTERNAL, CNIError, PluginNotFound
+from cni.invoke import Exec, RawExec, exec_plugin
+from cni.result import Result
+from cni.skel import CmdArgs, config_field, go_json_type, plugin_main
+from cni.version import SUPPORTED_VERSIONS
+from flannel.subnetenv import SubnetEnv, SubnetEnvError, read_subnet_env, write_atomic
+
+__all__ = ["DEFAULT_SUBNET_FILE", "DEFAULT_DATA_DIR", "ABOUT", "NetConf", "load_netconf",
+           "build_delegate", "delegate_bytes", "cmd_add", "cmd_del", "run", "main"]
+
+DEFAULT_SUBNET_FILE = "/run/flannel/subnet.env"
+DEFAULT_DATA_DIR = "/var/lib/cni/flannel"
+ABOUT = "CNI Plugin flannel (cri-shim's port of flannel-io/cni-plugin)"
+
+# flannel's NetConf, with the Go type named in json's "cannot unmarshal" message.
+_FIELDS: dict[str, tuple[type, str]] = {
+    "cniVersion": (str, "string"), "name": (str, "string"), "type": (str, "string"),
+    "capabilities": (dict, "map[string]bool"), "ipam": (dict, "map[string]interface {}"),
+    "dns": (dict, "types.DNS"), "prevResult": (dict, "map[string]interface {}"),
+    "subnetFile": (str, "string"), "dataDir": (str, "string"),
+    "delegate": (dict, "map[string]interface {}"),
+    "runtimeConfig": (dict, "map[string]interface {}"),
+}
+
+
+class _GoStruct(dict):  # type: ignore[type-arg]
+    """An object Go marshals from a struct: fields in declaration order, not sorted."""
+
+
+@dataclass(frozen=True)
+class NetConf:
+    """flannel's own network config (the conflist entry with ``name``/``cniVersion``)."""
+
+    name: str = ""
+    cni_version: str = ""
+    subnet_file: str = DEFAULT_SUBNET_FILE
+    data_dir: str = DEFAULT_DATA_DIR
+    delegate: Mapping[str, Any] | None = None
+    ipam: Mapping[str, Any] | None = None
+    runtime_config: Mapping[str, Any] | None = None
+
+
+def _internal(msg: str) -> CNIError:
+    return CNIError(ERR_INTERNAL, msg)
+
+
+def _go_oserror(op: str, path: str, exc: OSError) -> str:
+    # Go's *PathError: "open <path>: <strerror>", the C text lower-cased at the start.
+    text = os.strerror(exc.errno) if exc.errno in errno.errorcode else str(exc)
+    return f"{op} {path}: {text[:1].lower() + text[1:]}"
+
+
+def load_netconf(data: bytes) -> NetConf:
+    """Parse flannel's config (``loadFlannelNetConf``); absent or null keys keep the
+    defaults. Raises ``ValueError("failed to load netconf: ...")``."""
+    try:
+        obj = gojson.loads(data)
+    except ValueError as exc:
+        raise ValueError(f"failed to load netconf: {exc}") from None
+    if not isinstance(obj, dict):
+        raise ValueError(f"failed to load netconf: json: cannot unmarshal {go_json_type(obj)} "
+                         "into Go value of type main.NetConf")
+    values: dict[str, Any] = {}
+    for key, (kind, go_type) in _FIELDS.items():
+        value = config_field(obj, key)
+        if value is not None and (not isinstance(value, kind) or isinstance(value, bool)):
+            raise ValueError(f"failed to load netconf: json: cannot unmarshal "
+                             f"{go_json_type(value)} into Go struct field NetConf.{key} "
+                             f"of type {go_type}")
+        values[key] = value
+    return NetConf(name=values["name"] or "", cni_version=values["cniVersion"] or "",
+                   subnet_file=_default(values["subnetFile"], DEFAULT_SUBNET_FILE),
+                   data_dir=_default(values["dataDir"], DEFAULT_DATA_DIR),
+                   delegate=values["delegate"], ipam=values["ipam"],
+                   runtime_config=values["runtimeConfig"])
+
+
+def _default(value: str | None, default: str) -> str:
+    return default if value is None else value  # "" is kept, as Go's Unmarshal does
+
+
+def build_delegate(conf: NetConf, fenv: SubnetEnv) -> dict[str, Any]:
+    """The delegate config flannel's ``cmdAdd``/``doCmdAdd`` build. Raises
+    ``ValueError`` with flannel's messages for a delegate it rejects."""
+    delegate: dict[str, Any] = dict(conf.delegate or {})
+    if "type" in delegate and not isinstance(delegate["type"], str):
+        raise ValueError("'delegate' dictionary, if present, must have (string) 'type' field")
+    if "name" in delegate:
+        raise ValueError("'delegate' dictionary must not have 'name' field, "
+                         "it'll be set by flannel")
+    if "ipam" in delegate:
+        raise ValueError("'delegate' dictionary must not have 'ipam' field, "
+                         "it'll be set by flannel")
+    if conf.runtime_config is not None:
+        delegate["runtimeConfig"] = conf.runtime_config
+    delegate["name"] = conf.name
+    delegate.setdefault("type", "bridge")
+    if "ipMasq" not in delegate:
+        delegate["ipMasq"] = not fenv.ipmasq  # if flannel is not doing ipmasq, we should
+    if "mtu" not in delegate:
+        delegate["mtu"] = fenv.mtu
+    if delegate["type"] == "bridge":
+        delegate.setdefault("isGateway", True)
+    if conf.cni_version:
+        delegate["cniVersion"] = conf.cni_version
+    try:
+        delegate["ipam"] = _delegate_ipam(conf, fenv)
+    except ValueError as exc:
+        raise ValueError(f"failed to assemble Delegate IPAM: {exc}") from None
+    return delegate
+
+
+def _delegate_ipam(conf: NetConf, fenv: SubnetEnv) -> dict[str, Any]:
+    # getDelegateIPAM: flannel's own "ipam" section, completed and overridden.
+    ipam: dict[str, Any] = dict(conf.ipam or {})
+    ipam.setdefault("type", "host-local")
+    ranges = [[{"subnet": str(net)}] for net in (fenv.subnet, fenv.ipv6_subnet)
+              if net is not None]
+    ipam["ranges"] = ranges or None  # a nil Go slice
+    routes = []
+    if "routes" in ipam:
+        given = ipam["routes"]
+        if given is not None and not isinstance(given, list):
+            raise ValueError("failed to read IPAM routes: failed to parse ipam.routes: json: "
+                             f"cannot unmarshal {go_json_type(given)} into Go value of "
+                             "type []types.Route")
+        try:
+            routes = [_route(r) for r in given or []]
+        except ValueError as exc:
+            raise ValueError(f"failed to read IPAM routes: failed to parse ipam.routes: "
+                             f"{exc}") from None
+    routes += [_GoStruct(dst=str(net)) for net in (*fenv.networks, *fenv.ipv6_networks)]
+    ipam["routes"] = routes
+    return ipam
+
+
+def _route(value: Any) -> _GoStruct:
+    """One ``types.Route`` read and written back by Go: known fields only, ``dst``
+    keeping its host bits, zero values omitted (``table``/``scope`` are pointers)."""
+    obj = {} if value is None else value
+    if not isinstance(obj, dict):
+        raise ValueError(f"json: cannot unmarshal {go_json_type(obj)} into Go value of "
+                         "type types.route")
+    present = any(key.casefold() == "dst" for key in obj)
+    out = _GoStruct(dst=_go_cidr(config_field(obj, "dst"), present))
+    gw = config_field(obj, "gw")
+    if gw:
+        out["gw"] = _go_ip(gw)
+    for key, pointer in (("mtu", False), ("advmss", False), ("priority", False),
+                         ("table", True), ("scope", True)):
+        number = config_field(obj, key)
+        if number is None:
+            continue
+        if isinstance(number, bool) or not isinstance(number, int):  # Go: 1.0 is no int
+            raise ValueError(f"json: cannot unmarshal {go_json_type(number)} into Go struct "
+                             f"field route.{key} of type int")
+        if pointer or number:
+            out[key] = number
+    return out
+
+
+def _go_cidr(text: Any, present: bool) -> str:
+    if not present:
+        return "<nil>"  # a zero net.IPNet prints so
+    if text is not None and not isinstance(text, str):
+        raise ValueError(f"json: cannot unmarshal {go_json_type(text)} into Go value of "
+                         "type string")
+    text = text or ""
+    try:
+        if "/" not in text:
+            raise ValueError
+        iface = ipaddress.ip_interface(text)
+    except ValueError:
+        raise ValueError(f"invalid CIDR address: {text}") from None
+    return f"{_go_ip(str(iface.ip))}/{iface.network.prefixlen}"
+
+
+def _go_ip(text: Any) -> str:
+    try:
+        ip = ipaddress.ip_address(text) if isinstance(text, str) else None
+    except ValueError:
+        ip = None
+    if ip is None:
+        raise ValueError(f"invalid IP address: {text}")
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        return str(ip.ipv4_mapped)  # Go prints a v4-in-v6 address as IPv4
+    return str(ip)
+
+
+def delegate_bytes(delegate: Mapping[str, Any]) -> bytes:
+    """The delegate config as flannel's ``json.Marshal`` writes it: compact, map keys
+    sorted, route objects in ``types.Route`` field order."""
+    if isinstance(delegate, _GoStruct):
+        items = list(delegate.items())
+    elif isinstance(delegate, Mapping):
+        items = sorted(delegate.items(), key=lambda kv: str(kv[0]).encode())
+    elif isinstance(delegate, list):
+        return b"[" + b",".join(delegate_bytes(v) for v in delegate) + b"]"
+    else:
+        return gojson.marshal(delegate)
+    return b"{" + b",".join(gojson.marshal(str(k)) + b":" + delegate_bytes(v)
+                            for k, v in items) + b"}"
+
+
+def _save(data_dir: str, container_id: str, data: bytes) -> None:
+    # saveScratchNetConf: the directory 0700, the file 0600 and synced.
+    try:
+        os.makedirs(data_dir, mode=0o700, exist_ok=True)
+    except OSError as exc:
+        raise _internal(_go_oserror("mkdir", exc.filename or data_dir, exc)) from exc
+    path = os.path.join(data_dir, container_id)
+    try:
+        write_atomic(path, data, mode=0o600)
+    except OSError as exc:
+        raise _internal(_go_oserror("open", path, exc)) from exc
+
+
+def _run_delegate(exec_: Exec, command: str, delegate_type: str, data: bytes, args: CmdArgs,
+                  environ: Mapping[str, str], cni_version: str) -> Result | None:
+    # invoke.DelegateAdd/DelegateDel: found via CNI_PATH, run with this process's
+    # environment and CNI_COMMAND replaced; no timeout (context.TODO()).
+    bin_dirs = args.path.split(os.pathsep) if args.path else []
+    path = exec_.find_plugin(delegate_type, bin_dirs)
+    env = dict(environ)
+    env["CNI_COMMAND"] = command
+    return exec_plugin(exec_, plugin=delegate_type, plugin_path=path, command=command,
+                       stdin=data, env=env, timeout=None, cni_version=cni_version)
+
+
+def cmd_add(args: CmdArgs, *, exec_: Exec, environ: Mapping[str, str]) -> Result:
+    """ADD: build and save the delegate config, run the delegate, return its result."""
+    try:
+        conf = load_netconf(args.stdin_data)
+    except ValueError as exc:
+        raise _internal(f"loadFlannelNetConf failed: {exc}") from None
+    try:
+        fenv = read_subnet_env(conf.subnet_file)
+    except SubnetEnvError as exc:
+        raise _internal(f"loadFlannelSubnetEnv failed: {exc}") from None
+    try:
+        delegate = build_delegate(conf, fenv)
+    except ValueError as exc:
+        raise _internal(str(exc)) from None
+    data = delegate_bytes(delegate)
+    _save(conf.data_dir, args.container_id, data)
+    version = delegate.get("cniVersion")
+    try:
+        result = _run_delegate(exec_, "ADD", delegate["type"], data, args, environ,
+                               version if isinstance(version, str) else "")
+    except PluginNotFound as exc:
+        raise _internal(f"failed to delegate add: {exc.msg}") from None
+    assert result is not None  # exec_plugin returns a result for ADD or raises
+    return result
+
+
+def cmd_del(args: CmdArgs, *, exec_: Exec, environ: Mapping[str, str],
+            stderr: IO[str] | None = None) -> None:
+    """DEL: run the delegate's DEL with the saved config, then remove it. No saved
+    config: success without calling the delegate (spec: DEL of what is gone)."""
+    try:
+        conf = load_netconf(args.stdin_data)
+    except ValueError as exc:
+        raise _internal(str(exc)) from None
+    path = os.path.join(conf.data_dir, args.container_id)
+    try:
+        with open(path, "rb") as f:
+            data = f.read()
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        raise _internal(_go_oserror("open", path, exc)) from exc
+    try:
+        saved = gojson.loads(data)
+        if not isinstance(saved, dict) or not isinstance(saved.get("type") or "", str):
+            raise ValueError(f"not a network config: {data[:80]!r}")
+    except ValueError as exc:
+        # flannel: the interface stays on the bridge until the node reboots.
+        print(f"failed to parse netconf: {exc}", file=stderr or sys.stderr)
+        return None
+    version = saved.get("cniVersion")
+    try:
+        _run_delegate(exec_, "DEL", saved.get("type") or "", data, args, environ,
+                      version if isinstance(version, str) else "")
+    except PluginNotFound as exc:
+        raise _internal(exc.msg) from None
+    try:
+        os.remove(path)
+    except OSError:
+        pass  # per spec, safe to continue during DEL
+    return None
+
+
+def run(*, exec_: Exec | None = None, environ: Mapping[str, str] | None = None,
+        stdin: IO[bytes] | bytes | None = None, stdout: IO[bytes] | None = None,
+        stderr: IO[str] | None = None, argv: Sequence[str] | None = None) -> int:
+    """One plugin invocation with injectable exec, environment and streams (tests run
+    it in-process with a fake ``Exec``); returns the exit code."""
+    runner = exec_ if exec_ is not None else RawExec()
+    env = os.environ if environ is None else environ
+    return plugin_main(
+        lambda a: cmd_add(a, exec_=runner, environ=env),
+        lambda a: cmd_del(a, exec_=runner, environ=env, stderr=stderr),
+        lambda a: None,  # flannel's cmdCheck: "TODO: implement"
+        supported_versions=SUPPORTED_VERSIONS, about=ABOUT, argv=argv, environ=env,
+        stdin=stdin, stdout=stdout, stderr=stderr)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Console entry point: the ``flannel`` plugin executable."""
+    return run(argv=argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
