@@ -7,25 +7,37 @@ network configurations; never execs), ``invoke`` (environment, exec, decode: the
 ADD/DEL/CHECK/STATUS/GC over a list). Everything public is re-exported here.
 """
 
+import importlib
 import logging
-
-from .api import CNIConfig, GCAttachment, RuntimeConf, validate_attachment
-from .cache import CACHE_KIND, CacheEntry, ResultCache
-from .conf import (CONF_EXTENSIONS, ConfDirLoad, NetworkConfigList, PluginConf, SkippedFile,
-                   conf_from_bytes, conflist_from_bytes, conflist_from_file, load_conf_dir)
-from .errors import (ERR_DECODING_FAILURE, ERR_INCOMPATIBLE_VERSION, ERR_INTERNAL,
-                     ERR_INVALID_ENV, ERR_INVALID_NETNS, ERR_INVALID_NETWORK_CONFIG,
-                     ERR_IO_FAILURE, ERR_PLUGIN_NOT_AVAILABLE, ERR_PLUGIN_NOT_AVAILABLE_LIMITED,
-                     ERR_TRY_AGAIN_LATER, ERR_UNKNOWN, ERR_UNKNOWN_CONTAINER,
-                     ERR_UNSUPPORTED_FIELD, CNIError, CommandNotSupported, ConfigError,
-                     ExecTimeout, InvalidPluginOutput, PluginError, PluginNotFound)
-from .invoke import (Exec, ExecOutput, PluginInfo, RawExec, build_env, decode_output,
-                     exec_plugin, find_plugin, get_version_info)
-from .result import DNS, Interface, IPConfig, Result, Route, parse_result
-from .version import (CURRENT_VERSION, SUPPORTED_VERSIONS, command_supported, is_supported,
-                      negotiate_version, parse_version, prev_result_on_del, version_ge)
+from typing import Any
 
 logging.getLogger(__name__).addHandler(logging.NullHandler())
+
+# Names are loaded on first use (PEP 562): a CNI plugin built on cni.skel starts in
+# a few milliseconds instead of importing the whole runtime side (api, cache, conf).
+_LAZY = {
+    **dict.fromkeys(['CNIConfig', 'GCAttachment', 'RuntimeConf', 'validate_attachment'], "api"),
+    **dict.fromkeys(['CACHE_KIND', 'CacheEntry', 'ResultCache'], "cache"),
+    **dict.fromkeys(['CONF_EXTENSIONS', 'ConfDirLoad', 'NetworkConfigList', 'PluginConf', 'SkippedFile', 'conf_from_bytes', 'conflist_from_bytes', 'conflist_from_file', 'load_conf_dir'], "conf"),
+    **dict.fromkeys(['CNIError', 'CommandNotSupported', 'ConfigError', 'ERR_DECODING_FAILURE', 'ERR_INCOMPATIBLE_VERSION', 'ERR_INTERNAL', 'ERR_INVALID_ENV', 'ERR_INVALID_NETNS', 'ERR_INVALID_NETWORK_CONFIG', 'ERR_IO_FAILURE', 'ERR_PLUGIN_NOT_AVAILABLE', 'ERR_PLUGIN_NOT_AVAILABLE_LIMITED', 'ERR_TRY_AGAIN_LATER', 'ERR_UNKNOWN', 'ERR_UNKNOWN_CONTAINER', 'ERR_UNSUPPORTED_FIELD', 'ExecTimeout', 'InvalidPluginOutput', 'PluginError', 'PluginNotFound'], "errors"),
+    **dict.fromkeys(['Exec', 'ExecOutput', 'PluginInfo', 'RawExec', 'build_env', 'decode_output', 'exec_plugin', 'find_plugin', 'get_version_info'], "invoke"),
+    **dict.fromkeys(['DNS', 'IPConfig', 'Interface', 'Result', 'Route', 'parse_result'], "result"),
+    **dict.fromkeys(['CURRENT_VERSION', 'SUPPORTED_VERSIONS', 'command_supported', 'is_supported', 'negotiate_version', 'parse_version', 'prev_result_on_del', 'version_ge'], "version"),
+}
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'cni' has no attribute {name!r}")
+    value = getattr(importlib.import_module(f".{module}", __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY))
+
 
 __all__ = [
     # api
