@@ -24,6 +24,9 @@ def main(argv: list[str] | None = None) -> int:
         # would refuse to pass through).
         from . import ctl
         return ctl.main(argv[1:])
+    if argv[:1] == ["agent"]:
+        from flannel import agent
+        return agent.main(argv[1:])
     if argv[:1] == ["install-flannel"]:
         from flannel import install
         return install.main(argv[1:])
@@ -51,6 +54,7 @@ def main(argv: list[str] | None = None) -> int:
                          help="print the effective configuration and exit")
 
     sub.add_parser("ctl", help="a small CRI client (crictl's pod commands); see `ctl --help`")
+    sub.add_parser("agent", help="flannel's node agent (flanneld's job); see `agent --help`")
     sub.add_parser("install-flannel", help="install the flannel CNI plugin: install-flannel BIN_DIR")
 
     args = parser.parse_args(argv)
