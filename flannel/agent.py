@@ -61,6 +61,20 @@ class AgentConfig:
     conf_dir: str = CONF_DIR
     ip_masq: bool = False
     lease_ttl: float | None = 86400.0
+    plugin_data_dir: str = ""   # the flannel plugin's dataDir in the conflist ("" = its default)
+    ipam_data_dir: str = ""     # host-local's dataDir, through flannel's ipam section
+
+    def conflist_extra(self) -> dict:
+        """Keys the flannel plugin must be told because they are not its defaults
+        (several nodes on one machine each need their own)."""
+        extra: dict = {}
+        if self.subnet_file != SUBNET_FILE:
+            extra["subnetFile"] = self.subnet_file
+        if self.plugin_data_dir:
+            extra["dataDir"] = self.plugin_data_dir
+        if self.ipam_data_dir:
+            extra["ipam"] = {"dataDir": self.ipam_data_dir}
+        return extra
 
 
 class DataPath(Protocol):
@@ -149,7 +163,7 @@ class Agent:
                          mtu=vtep.mtu, ipmasq=self.config.ip_masq,
                          ipv6_network=net.ipv6_network if lease.ipv6_subnet else None,
                          ipv6_subnet=lease.ipv6_subnet if net.ipv6_network else None)
-        conflist = write_conflist(self.config.conf_dir)
+        conflist = write_conflist(self.config.conf_dir, plugin_extra=self.config.conflist_extra())
         log.info("wrote %s and %s", self.config.subnet_file, conflist)
         self.network, self.lease = net, lease
         self.resync()
@@ -313,6 +327,10 @@ def _parser() -> argparse.ArgumentParser:
                    help="cluster network to store when the store has no network config")
     p.add_argument("--subnet-file", default=SUBNET_FILE, help=f"default {SUBNET_FILE}")
     p.add_argument("--conf-dir", default=CONF_DIR, help=f"where 10-flannel.conflist goes (default {CONF_DIR})")
+    p.add_argument("--plugin-data-dir", default="", help="the flannel CNI plugin's dataDir, "
+                   "written into the conflist (default: the plugin's /var/lib/cni/flannel)")
+    p.add_argument("--ipam-data-dir", default="", help="host-local's dataDir, written into the "
+                   "conflist's flannel ipam section (default: host-local's /var/lib/cni/networks)")
     p.add_argument("--ip-masq", action="store_true", help="install flannel's masquerade rules")
     p.add_argument("--mtu", type=int, help="overlay MTU (default: the underlay's minus 50)")
     p.add_argument("--lease-ttl", type=float, default=86400.0,
@@ -343,7 +361,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     config = AgentConfig(node_name=args.node_name, network=args.network,
                          subnet_file=args.subnet_file, conf_dir=args.conf_dir,
-                         ip_masq=args.ip_masq, lease_ttl=args.lease_ttl or None)
+                         ip_masq=args.ip_masq, lease_ttl=args.lease_ttl or None,
+                         plugin_data_dir=args.plugin_data_dir, ipam_data_dir=args.ipam_data_dir)
     masq = IPMasq() if args.ip_masq else None
     agent = Agent(config, store, datapath, masq=masq)
     for sig in (signal.SIGTERM, signal.SIGINT):

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import errno as errno_mod
 import ipaddress
+import json
 import os
 import re
 import tempfile
@@ -110,10 +111,23 @@ def write_subnet_env(path: str, *, network: ipaddress.IPv4Network | None,
     write_atomic(path, data, mode=0o644, keep_mode=True)
 
 
-def write_conflist(conf_dir: str, name: str = CONFLIST_NAME) -> str:
-    """Write kube-flannel's conflist into *conf_dir* atomically; returns its path."""
+def render_conflist(plugin_extra: dict | None = None) -> bytes:
+    """kube-flannel's conflist; with *plugin_extra* (e.g. ``subnetFile``, ``dataDir``,
+    ``ipam``) those keys are added to the flannel plugin's entry, in the same layout.
+    Without extras the bytes are exactly kube-flannel's."""
+    if not plugin_extra:
+        return CONFLIST
+    doc = json.loads(CONFLIST)
+    doc["plugins"][0] = {"type": "flannel", **plugin_extra, "delegate": doc["plugins"][0]["delegate"]}
+    return (json.dumps(doc, indent=2) + "\n").encode()
+
+
+def write_conflist(conf_dir: str, name: str = CONFLIST_NAME, *,
+                   plugin_extra: dict | None = None) -> str:
+    """Write kube-flannel's conflist (see ``render_conflist``) into *conf_dir*
+    atomically; returns its path."""
     path = os.path.join(conf_dir, name)
-    write_atomic(path, CONFLIST, mode=0o644)
+    write_atomic(path, render_conflist(plugin_extra), mode=0o644)
     return path
 
 

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import json
+
 import logging
 from ipaddress import IPv4Network
 
 import pytest
 
 from flannel.agent import Agent, AgentConfig, Backoff, open_store, vxlan_backend, AgentError
-from flannel.subnetenv import CONFLIST, read_subnet_env
+from flannel.subnetenv import CONFLIST, read_subnet_env, write_conflist
 from flannel.vxlan import DataPathError
 from flannel_fakes import NETWORK, FakeDataPath, FakeMasq, FakeStore, peer_lease
 from nodeipam.lease import NetworkConfig
@@ -59,8 +61,25 @@ def test_setup_in_flanneld_order_and_files_written(make, tmp_path):
         b"FLANNEL_NETWORK=10.244.0.0/16\nFLANNEL_SUBNET=10.244.3.1/24\n"
         b"FLANNEL_MTU=1450\nFLANNEL_IPMASQ=true\n")
     assert read_subnet_env(str(tmp_path / "subnet.env")).mtu == 1450
-    assert (tmp_path / "net.d" / "10-flannel.conflist").read_bytes() == CONFLIST
+    # A subnet.env away from /run/flannel must be named in the conflist, or the plugin
+    # would read the default one.
+    conf = json.loads((tmp_path / "net.d" / "10-flannel.conflist").read_bytes())
+    assert conf["plugins"][0]["subnetFile"] == str(tmp_path / "subnet.env")
     assert "watch" not in store.calls                   # --once: set up and exit
+
+
+def test_default_paths_write_kube_flannels_conflist_byte_for_byte(tmp_path):
+    config = AgentConfig(node_name="n", conf_dir=str(tmp_path))
+    assert config.conflist_extra() == {}
+    write_conflist(str(tmp_path), plugin_extra=config.conflist_extra())
+    assert (tmp_path / "10-flannel.conflist").read_bytes() == CONFLIST
+
+
+def test_per_node_paths_go_into_the_conflist(tmp_path):
+    config = AgentConfig(node_name="n", subnet_file="/x/subnet.env", plugin_data_dir="/x/flannel",
+                         ipam_data_dir="/x/ipam")
+    assert config.conflist_extra() == {"subnetFile": "/x/subnet.env", "dataDir": "/x/flannel",
+                                       "ipam": {"dataDir": "/x/ipam"}}
 
 
 def test_network_config_is_stored_from_flag_when_missing(make):
