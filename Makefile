@@ -5,7 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 COMPAT := .venv-compat
 
-.PHONY: all deps system-deps venv compat-venv proto test unit privileged demo clean
+.PHONY: all deps system-deps venv compat-venv proto test unit privileged demo demo-cluster clean
 
 all: test
 
@@ -44,6 +44,10 @@ privileged: deps
 
 demo: system-deps venv
 	PYTHON=$(PY) hack/demo
+
+# Three nodes (etcd, agents, cri-shim, the flannel plugin, VXLAN) in throwaway namespaces.
+demo-cluster: system-deps venv
+	$(PY) hack/demo-cluster
 
 clean:
 	rm -rf $(VENV) $(COMPAT) .pytest_cache *.egg-info

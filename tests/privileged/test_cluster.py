@@ -1,0 +1,63 @@
+"""Issue 4 end to end: three nodes, etcd, agents, cri-shim, the flannel plugin, VXLAN."""
+
+from __future__ import annotations
+
+import itertools
+import sys
+from typing import Iterator
+
+import pytest
+
+from .harness import REPO
+
+sys.path.insert(0, str(REPO / "hack"))
+from clusterlib import ETCD, Cluster, wait_for  # noqa: E402
+
+pytestmark = pytest.mark.privileged
+
+
+@pytest.fixture
+def cluster() -> Iterator[Cluster]:
+    import os
+    if not os.access(ETCD, os.X_OK):
+        pytest.fail(f"{ETCD} missing: Debian's etcd-server (hack/install-system-deps installs it)")
+    c = Cluster(3)
+    try:
+        yield c
+    finally:
+        c.close()
+
+
+def unreachable(pods) -> list[str]:
+    return [f"{a.node.name}/{a.name} -> {b.node.name}/{b.name}"
+            for a, b in itertools.permutations(pods, 2) if not a.ping(b.ip)]
+
+
+def test_pods_on_three_nodes_reach_each_other(cluster: Cluster) -> None:
+    pods = [node.run_pod(f"p{k}") for node in cluster.nodes for k in (1, 2)]
+    # Three podCIDRs from the cluster network, one per node, allocated next-fit.
+    cidrs = {(n.work / "subnet.env").read_text().split("FLANNEL_SUBNET=")[1].split()[0]
+             for n in cluster.nodes}
+    assert cidrs == {"10.244.0.1/24", "10.244.1.1/24", "10.244.2.1/24"}
+    assert len({p.ip for p in pods}) == 6
+    assert unreachable(pods) == []
+
+    # An agent restart keeps flannel.1 (same ifindex) and the pods reachable.
+    n1 = cluster.nodes[0]
+    index = n1.ns.run("ip", "-o", "link", "show", "flannel.1").split(":")[0]
+    n1.stop_agent()
+    n1.start_agent()
+    assert n1.ns.run("ip", "-o", "link", "show", "flannel.1").split(":")[0] == index
+    assert unreachable(pods) == []
+
+    # Removing a node removes its route from the others.
+    n3 = cluster.nodes[2]
+    for p in [p for p in pods if p.node is n3]:
+        p.remove()
+    cluster.remove_node(n3)
+    wait_for(lambda: all("10.244.2.0/24" not in " ".join(n.overlay_routes()) for n in cluster.nodes),
+             "node-3's route to go", timeout=30)
+    rest = [p for p in pods if p.node is not n3]
+    assert unreachable(rest) == []
+    for p in rest:
+        p.remove()
