@@ -81,15 +81,20 @@ class Node:
                                  *argv], stdout=log, stderr=subprocess.STDOUT,
                                 env=dict(os.environ, PYTHONPATH=str(REPO)))
 
-    def start_agent(self) -> None:
+    def start_agent(self, *, wait: bool = True) -> None:
         self.agent = self._spawn(
             "agent", "agent", "--node-name", self.name, "--public-ip", self.ip, "--iface", "eth0",
             "--store", f"etcd:http://{UNDERLAY_IP}:2379", "--network", NETWORK,
             "--subnet-file", str(self.work / "subnet.env"), "--conf-dir", str(self.work / "net.d"),
             "--plugin-data-dir", str(self.work / "flannel"), "--ipam-data-dir", str(self.work / "ipam"),
             "--lease-ttl", "60")
+        if wait:
+            self.wait_for_conflist()
+
+    def wait_for_conflist(self, timeout: float = 30) -> None:
         wait_for(lambda: (self.work / "net.d" / "10-flannel.conflist").exists(),
-                 f"{self.name}'s agent to write its conflist", self.log("agent"), proc=self.agent)
+                 f"{self.name}'s agent to write its conflist", self.log("agent"), proc=self.agent,
+                 timeout=timeout)
 
     def stop_agent(self, sig: int = signal.SIGTERM) -> None:
         _stop(self.agent, sig)
@@ -179,6 +184,14 @@ class Cluster:
         self.underlay.run("ip", "link", "add", "br0", "type", "bridge")
         self.underlay.run("ip", "addr", "add", f"{UNDERLAY_IP}/24", "dev", "br0")
         self.underlay.run("ip", "link", "set", "br0", "up")
+        self.start_etcd()
+        self.bin_dir = self.work / "bin"
+        from flannel.install import install
+        install(str(self.bin_dir))
+        for _ in range(n):
+            self.add_node()
+
+    def start_etcd(self) -> None:
         self.etcd = subprocess.Popen(
             ["nsenter", f"--net={self.underlay.path}", ETCD, "--name", "underlay",
              "--data-dir", str(self.work / "etcd"),
@@ -190,18 +203,18 @@ class Cluster:
             stdout=open(self.work / "etcd.log", "ab"), stderr=subprocess.STDOUT)
         wait_for(lambda: _etcd_healthy(self.underlay), "etcd",
                  lambda: (self.work / "etcd.log").read_text(errors="replace")[-2000:], proc=self.etcd)
-        self.bin_dir = self.work / "bin"
-        from flannel.install import install
-        install(str(self.bin_dir))
-        for _ in range(n):
-            self.add_node()
 
-    def add_node(self) -> Node:
+    def stop_etcd(self) -> None:
+        _stop(self.etcd, signal.SIGTERM)
+        self.etcd = None
+
+    def add_node(self, *, wait: bool = True) -> Node:
         node = Node(self, len(self.nodes) + 1)
-        self.say(f"{node.name}: namespace {node.ns.name}, eth0 {node.ip}; agent and cri-shim")
-        node.start_agent()
-        node.start_shim()
         self.nodes.append(node)
+        self.say(f"{node.name}: namespace {node.ns.name}, eth0 {node.ip}; agent and cri-shim")
+        node.start_agent(wait=wait)
+        if wait:
+            node.start_shim()
         return node
 
     def remove_node(self, node: Node) -> None:

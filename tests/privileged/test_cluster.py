@@ -61,3 +61,26 @@ def test_pods_on_three_nodes_reach_each_other(cluster: Cluster) -> None:
     assert unreachable(rest) == []
     for p in rest:
         p.remove()
+
+
+def test_etcd_down_keeps_the_data_path_and_agents_retry(cluster: Cluster) -> None:
+    n1, n2 = cluster.nodes[0], cluster.nodes[1]
+    pods = [n1.run_pod("a"), n2.run_pod("b")]
+    cluster.stop_etcd()
+    # etcd gone: an agent restart cannot reach the store, but keeps flannel.1 and the
+    # routes as they are, and keeps retrying.
+    n1.stop_agent()
+    n1.start_agent(wait=False)
+    assert unreachable(pods) == []
+    wait_for(lambda: "retry" in n1.log("agent")().lower() or "unavailable" in n1.log("agent")().lower(),
+             "node-1's agent to report the store down", timeout=20)
+    assert n1.agent is not None and n1.agent.poll() is None
+    # A node that starts while etcd is down joins once it is back.
+    n4 = cluster.add_node(wait=False)
+    cluster.start_etcd()
+    n4.wait_for_conflist(timeout=60)
+    n4.start_shim()
+    p4 = n4.run_pod("d")
+    wait_for(lambda: not unreachable(pods + [p4]), "node-4's pod to be reachable", timeout=60)
+    for p in pods + [p4]:
+        p.remove()
