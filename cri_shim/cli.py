@@ -89,6 +89,7 @@ def _serve(args: argparse.Namespace) -> int:
     if os.geteuid() != 0:
         log.warning("not running as root: pinning network namespaces will fail")
 
+    from . import netns
     from .manager import SandboxManager
     from .podnet import PodNetwork
     from .server import SocketInUse, serve
@@ -102,6 +103,7 @@ def _serve(args: argparse.Namespace) -> int:
         manager = SandboxManager(cfg, PodNetwork(cfg.cni), FileStore(os.path.join(cfg.root, "sandboxes")))
         log.info("config %s: root=%s state=%s conf_dir=%s bin_dirs=%s", cfg.source, cfg.root,
                  cfg.state, cfg.cni.conf_dir, ":".join(cfg.cni.bin_dirs))
+        netns.start_helper()
         manager.recover()
         if cfg.cni.gc_on_start:
             manager.gc()

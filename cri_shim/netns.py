@@ -2,9 +2,10 @@
 
 A pod's netns is a fresh network namespace bind-mounted on
 ``<netns_dir>/cni-<uuid>`` (``/var/run/netns`` by default, so ``ip netns`` sees it).
-The namespace is created in a child process (util-linux ``unshare --net=FILE``), so no
-thread of the server ever changes namespace. Removal is a lazy unmount and an unlink,
-and removing what is already gone is not an error.
+The namespace is created by a helper process (``cri_shim.pinner``: unshare, bind
+mount, setns back), so no thread of the server ever changes namespace; if the helper
+cannot run, util-linux ``unshare --net=FILE`` does the same in a child. Removal is a
+lazy unmount and an unlink, and removing what is already gone is not an error.
 """
 
 from __future__ import annotations
@@ -17,6 +18,8 @@ import os
 import shutil
 import subprocess
 import uuid
+
+from .pinner import Pinner
 
 log = logging.getLogger(__name__)
 
@@ -36,10 +39,18 @@ def new_path(netns_dir: str) -> str:
 def pin(path: str, *, loopback_up: bool = False) -> None:
     """Create a new network namespace and bind-mount it on *path*.
 
-    With *loopback_up* the namespace's ``lo`` is brought up in the same child
-    (containerd's ``use_internal_loopback``), saving the loopback plugin exec.
+    With *loopback_up* the namespace's ``lo`` is brought up at once (containerd's
+    ``use_internal_loopback``), saving the loopback plugin exec.
     """
     os.makedirs(os.path.dirname(path), mode=0o755, exist_ok=True)
+    try:
+        _PINNER.pin(path, loopback_up)
+        return
+    except OSError as exc:
+        if exc.errno == errno.EEXIST or os.path.lexists(path):
+            raise NetnsError(exc.errno or errno.EIO, f"cannot create network namespace at {path}: "
+                                                     f"{exc.strerror or exc}") from exc
+        log.warning("netns pinner helper failed (%s); falling back to unshare(1)", exc)
     fd = os.open(path, os.O_RDONLY | os.O_CREAT | os.O_EXCL, 0o444)
     os.close(fd)
     cmd = [_UNSHARE, f"--net={path}"]
@@ -50,6 +61,14 @@ def pin(path: str, *, loopback_up: bool = False) -> None:
         unpin(path)
         raise NetnsError(errno.EIO, f"cannot create network namespace at {path}: "
                                     f"{proc.stderr.strip() or 'unshare failed'}")
+
+
+def start_helper() -> None:
+    """Start the pinner helper now, so the first RunPodSandbox does not wait for it."""
+    try:
+        _PINNER.start()
+    except OSError as exc:
+        log.warning("netns pinner helper did not start (%s); pins will use unshare(1)", exc)
 
 
 def unpin(path: str) -> None:
@@ -80,4 +99,5 @@ def _which(name: str) -> str:
 
 
 _UNSHARE = _which("unshare")
+_PINNER = Pinner()
 _IP = _which("ip")
