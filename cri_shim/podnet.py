@@ -21,7 +21,7 @@ import logging
 import os
 import threading
 from dataclasses import dataclass
-from typing import Any, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import cni
 
@@ -177,10 +177,10 @@ class PodNetwork:
               sandbox_id: str, netns: str) -> dict[str, cni.Result]:
         """ADD every planned network; returns ifname -> result.
 
-        Like go-cni's ``Setup``, the networks are attached concurrently (one thread per
-        network after the first), unless ``setup_serially`` asks for one after another.
-        Within a network the plugins run in order, as libcni does. On failure nothing
-        is undone here: the caller owns the teardown of the whole plan.
+        Like go-cni's ``Setup``, the networks are attached concurrently, unless
+        ``setup_serially`` asks for one after another; within a network the plugins
+        run in order, as libcni does. The first failure (in plan order) is raised; on
+        failure nothing is undone here: the caller owns the teardown of the whole plan.
         """
         args, caps = cni_args(spec, sandbox_id), capability_args(spec)
 
@@ -189,51 +189,62 @@ class PodNetwork:
                                  args=args, capability_args=caps)
             return self._cni.add_network_list(_parse(net), rt)
 
-        if self.settings.setup_serially or len(planned) < 2:
-            return {net.ifname: add(net) for net in planned}
-        outcomes: dict[str, cni.Result | BaseException] = {}
-
-        def attach(net: PlannedNetwork) -> None:
-            try:
-                outcomes[net.ifname] = add(net)
-            except BaseException as exc:  # re-raised in the caller's thread below
-                outcomes[net.ifname] = exc
-
-        threads = [threading.Thread(target=attach, args=(net,), name=f"cni-{net.ifname}")
-                   for net in planned[1:]]
-        for t in threads:
-            t.start()
-        attach(planned[0])
-        for t in threads:
-            t.join()
-        for net in planned:   # the first failure in plan order wins
-            outcome = outcomes[net.ifname]
+        outcomes = self._each(planned, add)
+        for outcome in outcomes.values():
             if isinstance(outcome, BaseException):
                 raise outcome
-        return {ifname: r for ifname, r in outcomes.items() if isinstance(r, cni.Result)}
+        return outcomes  # type: ignore[return-value]
 
     def teardown(self, planned: Sequence[PlannedNetwork], spec: PodNetworkSpec,
                  sandbox_id: str, netns: str) -> None:
         """DEL every planned network, best effort: all are tried, the first error raised.
 
-        go-cni removes networks in the order it added them; within a network libcni
-        runs the plugins in reverse. The config comes from libcni's cache when there is
-        one, else from the plan, never from the (possibly edited) conf dir.
+        Networks are independent, so they are detached concurrently as they were
+        attached (go-cni's Remove goes one by one); within a network libcni runs the
+        plugins in reverse. The config comes from libcni's cache when there is one,
+        else from the plan, never from the (possibly edited) conf dir.
         """
-        first: cni.CNIError | None = None
         args, caps = cni_args(spec, sandbox_id), capability_args(spec)
-        for net in planned:
+
+        def delete(net: PlannedNetwork) -> None:
             rt = cni.RuntimeConf(container_id=sandbox_id, netns=netns, ifname=net.ifname,
                                  args=args, capability_args=caps)
-            try:
-                self._cni.del_network_list(_parse(net), rt)
-            except cni.CNIError as exc:
+            self._cni.del_network_list(_parse(net), rt)
+
+        first: BaseException | None = None
+        for net, outcome in zip(planned, self._each(planned, delete).values()):
+            if isinstance(outcome, BaseException):
                 log.error("sandbox %s: DEL of network %s (%s) failed: %s",
-                          sandbox_id[:12], net.name, net.ifname, exc)
-                first = first or exc
+                          sandbox_id[:12], net.name, net.ifname, outcome)
+                first = first or outcome
         if first is not None:
             raise first
 
+    def _each(self, planned: Sequence[PlannedNetwork],
+              fn: Callable[[PlannedNetwork], Any]) -> dict[str, Any]:
+        """ifname -> fn(net) or the exception it raised, for every network, in plan
+        order; concurrently (a thread per network after the first) unless
+        ``setup_serially``."""
+        outcomes: dict[str, Any] = {}
+
+        def one(net: PlannedNetwork) -> None:
+            try:
+                outcomes[net.ifname] = fn(net)
+            except BaseException as exc:  # handed back to the caller's thread
+                outcomes[net.ifname] = exc
+
+        if self.settings.setup_serially or len(planned) < 2:
+            for net in planned:
+                one(net)
+        else:
+            threads = [threading.Thread(target=one, args=(net,), name=f"cni-{net.ifname}")
+                       for net in planned[1:]]
+            for t in threads:
+                t.start()
+            one(planned[0])
+            for t in threads:
+                t.join()
+        return {net.ifname: outcomes[net.ifname] for net in planned}
 
     def plugin_status(self) -> str:
         """Ask the loaded networks' plugins whether they can take ADDs (CNI 1.1.0
