@@ -68,6 +68,7 @@ class SandboxManager:
         self._sandboxes: dict[str, _Entry] = {}
         self._names: dict[str, str] = {}   # reserved sandbox name -> id
         self.pod_cidrs: list[str] = []     # the node's, from UpdateRuntimeConfig
+        self._ips: dict[str, tuple[SandboxRecord, list[str]]] = {}   # see ips()
 
     # -- start-up -----------------------------------------------------------------
 
@@ -275,6 +276,7 @@ class SandboxManager:
             self._stop(entry)
             self.store.delete(entry.record.id)
             entry.removed = True
+            self._ips.pop(entry.record.id, None)
             with self._lock:
                 self._sandboxes.pop(entry.record.id, None)
                 if self._names.get(_name_key(entry.record)) == entry.record.id:
@@ -337,7 +339,10 @@ class SandboxManager:
         """The pod's IPs, eth0's primary first (empty for host network or when stopped)."""
         if rec.host_network or rec.state != READY:
             return []
-        return pod_ips(rec.results, self.config.cni.ip_pref)
+        cached = self._ips.get(rec.id)
+        if cached is None or cached[0] is not rec:   # parsing results costs ~0.2 ms
+            cached = self._ips[rec.id] = (rec, pod_ips(rec.results, self.config.cni.ip_pref))
+        return list(cached[1])
 
     def _find(self, sandbox_id: str, *, missing_ok: bool = False) -> _Entry | None:
         """Look up by full id or unique prefix (as containerd's id index does)."""
