@@ -86,10 +86,11 @@ class ResultCache:
         os.makedirs(self.results_dir, mode=0o700, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=self.results_dir, prefix=".tmp-")  # mode 0600
         try:
+            # No fsync, as libcni (os.WriteFile): the entry must survive the runtime
+            # crashing, not the machine (a reboot ends every netns anyway), and an
+            # fsync here waits for the journal: up to 4 ms per network on a busy disk.
             with os.fdopen(fd, "wb") as f:
                 f.write(data)
-                f.flush()
-                os.fsync(f.fileno())
             os.replace(tmp, path)
         except BaseException:
             with contextlib.suppress(OSError):
