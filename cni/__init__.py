@@ -7,14 +7,14 @@ network configurations; never execs), ``invoke`` (environment, exec, decode: the
 ADD/DEL/CHECK/STATUS/GC over a list). Everything public is re-exported here.
 """
 
-import importlib
-import logging
-from typing import Any
+from __future__ import annotations
 
-logging.getLogger(__name__).addHandler(logging.NullHandler())
+import importlib
 
 # Names are loaded on first use (PEP 562): a CNI plugin built on cni.skel starts in
 # a few milliseconds instead of importing the whole runtime side (api, cache, conf).
+# Nothing here imports logging or typing (~10 ms a plugin exec would pay); the
+# library's NullHandler is installed when the runtime side is first used.
 _LAZY = {
     **dict.fromkeys(['CNIConfig', 'GCAttachment', 'RuntimeConf', 'validate_attachment'], "api"),
     **dict.fromkeys(['CACHE_KIND', 'CacheEntry', 'ResultCache'], "cache"),
@@ -26,10 +26,14 @@ _LAZY = {
 }
 
 
-def __getattr__(name: str) -> Any:
+def __getattr__(name: str) -> object:
     module = _LAZY.get(name)
     if module is None:
         raise AttributeError(f"module 'cni' has no attribute {name!r}")
+    if "_null_handler" not in globals():
+        import logging
+        logging.getLogger(__name__).addHandler(logging.NullHandler())
+        globals()["_null_handler"] = True
     value = getattr(importlib.import_module(f".{module}", __name__), name)
     globals()[name] = value
     return value

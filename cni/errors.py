@@ -22,7 +22,10 @@ spec's error object.
 from __future__ import annotations
 
 import json
-from typing import Any
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (plugin start-up)
+if TYPE_CHECKING:
+    from typing import Any
 
 __all__ = [
     "ERR_UNKNOWN",

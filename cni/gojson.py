@@ -20,8 +20,10 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Iterable, Mapping
-from decimal import Decimal
-from typing import Any
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (plugin start-up)
+if TYPE_CHECKING:
+    from typing import Any
 
 __all__ = ["marshal", "marshal_fields", "loads"]
 
@@ -62,6 +64,7 @@ def _number(n: int | float) -> str:
     if f.is_integer() and a < 2**53:
         return str(int(f))
     # Shortest round-trip digits, positional: strconv.FormatFloat(f, 'f', -1, 64).
+    from decimal import Decimal  # only for fractions: plugins start without it
     return format(Decimal(repr(f)), "f")
 
 

@@ -12,50 +12,66 @@ what it was given and returns scripted output.
 from __future__ import annotations
 
 import errno
-import logging
 import os
-import signal
-import subprocess
+import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
-from typing import Protocol, TypeVar
 
 from . import gojson
+from ._frozen import Frozen
 from .errors import (ERR_DECODING_FAILURE, ERR_IO_FAILURE, ERR_UNKNOWN, CNIError,
                      ExecTimeout, InvalidPluginOutput, PluginError, PluginNotFound)
-from .result import Result, parse_result
 from .version import CURRENT_VERSION
+
+# A CNI plugin built on cni.skel imports this module at every start, so what only some
+# runs need is imported where it is used: subprocess and signal (exec), cni.result
+# (an ADD's output), logging (a record to emit), typing (type checkers only), and the
+# Exec protocol (see __getattr__ below).
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing
+if TYPE_CHECKING:
+    import logging
+    import subprocess
+    from typing import TypeVar
+
+    from ._exec import Exec
+    from .result import Result
+
+    T = TypeVar("T")
 
 __all__ = ["ExecOutput", "Exec", "RawExec", "PluginInfo", "find_plugin", "build_env",
            "decode_output", "exec_plugin", "get_version_info"]
 
-log = logging.getLogger(__name__)
-
-T = TypeVar("T")
-
 _STDERR_TAIL_LINES = 10
 _STDERR_TAIL_CHARS = 2000
 
+if not TYPE_CHECKING:
+    def __getattr__(name: str) -> object:
+        # PEP 562: ``Exec``, a typing.Protocol, is loaded when first asked for (cni.api).
+        if name == "Exec":
+            from ._exec import Exec
+            globals()["Exec"] = Exec
+            return Exec
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
-@dataclass(frozen=True)
-class ExecOutput:
+
+def _log() -> logging.Logger | None:
+    """``logging.getLogger(__name__)``, or None while nothing has imported logging:
+    then no handler exists and our DEBUG/INFO records would go nowhere (Python's
+    last-resort handler takes WARNING and up), so a plugin need not load logging."""
+    module = sys.modules.get("logging")
+    return None if module is None else module.getLogger(__name__)
+
+
+class ExecOutput(Frozen):
     """What one plugin run produced."""
 
+    _fields = ("stdout", "stderr", "returncode")
     stdout: bytes
-    stderr: bytes = b""
-    returncode: int = 0
+    stderr: bytes
+    returncode: int
 
-
-class Exec(Protocol):
-    """Finds and runs plugin binaries. ``run`` returns whatever the plugin produced,
-    whatever its exit status; it raises only when the plugin could not be run
-    (``PluginNotFound``, ``ExecTimeout``, ``CNIError``)."""
-
-    def run(self, plugin_path: str, stdin: bytes, env: Mapping[str, str],
-            timeout: float | None) -> ExecOutput: ...
-
-    def find_plugin(self, name: str, bin_dirs: Sequence[str]) -> str: ...
+    def __init__(self, stdout: bytes, stderr: bytes = b"", returncode: int = 0) -> None:
+        self._set(stdout=stdout, stderr=stderr, returncode=returncode)
 
 
 def find_plugin(name: str, bin_dirs: Sequence[str]) -> str:
@@ -86,6 +102,7 @@ class RawExec:
     def run(self, plugin_path: str, stdin: bytes, env: Mapping[str, str],
             timeout: float | None) -> ExecOutput:
         """Run the plugin to completion (or kill it at *timeout* seconds)."""
+        import subprocess
         plugin = os.path.basename(plugin_path)
         attempt = 0
         while True:
@@ -97,7 +114,8 @@ class RawExec:
             except OSError as exc:
                 if exc.errno == errno.ETXTBSY and attempt < self._busy_retries:
                     attempt += 1
-                    log.debug("plugin %s: text file busy, retry %d", plugin, attempt)
+                    if (log := _log()) is not None:
+                        log.debug("plugin %s: text file busy, retry %d", plugin, attempt)
                     time.sleep(self._busy_retry_delay)
                     continue
                 if exc.errno == errno.ENOENT:
@@ -109,12 +127,14 @@ class RawExec:
         except subprocess.TimeoutExpired:
             _kill_session(proc)
             raise ExecTimeout(plugin, env.get("CNI_COMMAND"), timeout or 0.0) from None
-        for line in stderr.decode("utf-8", "replace").splitlines():
-            log.debug("plugin %s stderr: %s", plugin, line)
+        if (log := _log()) is not None:
+            for line in stderr.decode("utf-8", "replace").splitlines():
+                log.debug("plugin %s stderr: %s", plugin, line)
         return ExecOutput(stdout=stdout, stderr=stderr, returncode=proc.returncode)
 
 
 def _kill_session(proc: subprocess.Popen[bytes]) -> None:
+    import signal
     try:
         os.killpg(proc.pid, signal.SIGKILL)
     except ProcessLookupError:
@@ -156,6 +176,7 @@ def build_env(command: str, container_id: str = "", netns: str = "", ifname: str
 
 def _exit_status(returncode: int) -> str:
     if returncode < 0:
+        import signal
         try:
             return f"killed by {signal.Signals(-returncode).name}"
         except ValueError:
@@ -221,6 +242,7 @@ def decode_output(output: ExecOutput, *, plugin: str, command: str,
         raise InvalidPluginOutput(ERR_DECODING_FAILURE, "succeeded but printed no result",
                                   _with_stderr("", output.stderr),
                                   plugin=plugin, command=command)
+    from .result import parse_result
     try:
         return parse_result(output.stdout, expected_version=cni_version or "0.1.0")
     except ValueError as exc:
@@ -262,17 +284,21 @@ def _logged_run(exec_: Exec, plugin: str, plugin_path: str, command: str, stdin:
         outcome = f"error code={exc.code}"
         raise
     finally:
-        log.info("plugin=%s command=%s container=%s ifname=%s duration_ms=%.1f result=%s",
-                 plugin, command, env.get("CNI_CONTAINERID") or "-",
-                 env.get("CNI_IFNAME") or "-", (time.monotonic() - start) * 1000, outcome)
+        if (log := _log()) is not None:
+            log.info("plugin=%s command=%s container=%s ifname=%s duration_ms=%.1f result=%s",
+                     plugin, command, env.get("CNI_CONTAINERID") or "-",
+                     env.get("CNI_IFNAME") or "-", (time.monotonic() - start) * 1000, outcome)
 
 
-@dataclass(frozen=True)
-class PluginInfo:
+class PluginInfo(Frozen):
     """A plugin's answer to VERSION."""
 
+    _fields = ("cni_version", "supported_versions")
     cni_version: str
     supported_versions: tuple[str, ...]
+
+    def __init__(self, cni_version: str, supported_versions: tuple[str, ...]) -> None:
+        self._set(cni_version=cni_version, supported_versions=supported_versions)
 
 
 def _decode_version(output: ExecOutput, plugin: str) -> PluginInfo:

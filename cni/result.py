@@ -15,13 +15,16 @@ from __future__ import annotations
 
 import ipaddress
 from collections.abc import Mapping
-from dataclasses import dataclass, field
 from ipaddress import (IPv4Address, IPv4Interface, IPv4Network, IPv6Address, IPv6Interface,
                        IPv6Network)
-from typing import Any
 
 from . import gojson
+from ._frozen import Frozen
 from .version import result_family
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (plugin start-up)
+if TYPE_CHECKING:
+    from typing import Any
 
 __all__ = ["Interface", "IPConfig", "Route", "DNS", "Result", "parse_result"]
 
@@ -30,26 +33,35 @@ IPInterface = IPv4Interface | IPv6Interface
 IPNetwork = IPv4Network | IPv6Network
 
 
-@dataclass(frozen=True)
-class Interface:
+class Interface(Frozen):
     """An interface a plugin created or configured; ``sandbox`` is the netns path for
     interfaces inside the pod and empty for host-side ones."""
 
+    _fields = ("name", "mac", "sandbox", "mtu", "socket_path", "pci_id")
     name: str
-    mac: str = ""
-    sandbox: str = ""
-    mtu: int | None = None
-    socket_path: str | None = None
-    pci_id: str | None = None
+    mac: str
+    sandbox: str
+    mtu: int | None
+    socket_path: str | None
+    pci_id: str | None
+
+    def __init__(self, name: str, mac: str = "", sandbox: str = "", mtu: int | None = None,
+                 socket_path: str | None = None, pci_id: str | None = None) -> None:
+        self._set(name=name, mac=mac, sandbox=sandbox, mtu=mtu, socket_path=socket_path,
+                  pci_id=pci_id)
 
 
-@dataclass(frozen=True)
-class IPConfig:
+class IPConfig(Frozen):
     """An address; ``interface`` indexes ``Result.interfaces`` (None: not said)."""
 
+    _fields = ("address", "gateway", "interface")
     address: IPInterface
-    gateway: IPAddress | None = None
-    interface: int | None = None
+    gateway: IPAddress | None
+    interface: int | None
+
+    def __init__(self, address: IPInterface, gateway: IPAddress | None = None,
+                 interface: int | None = None) -> None:
+        self._set(address=address, gateway=gateway, interface=interface)
 
     @property
     def version(self) -> int:
@@ -57,27 +69,37 @@ class IPConfig:
         return self.address.version
 
 
-@dataclass(frozen=True)
-class Route:
+class Route(Frozen):
     """A route; the optional fields are spec 1.1.0's (0 / None means not set)."""
 
+    _fields = ("dst", "gw", "mtu", "advmss", "priority", "table", "scope")
     dst: IPNetwork
-    gw: IPAddress | None = None
-    mtu: int | None = None
-    advmss: int | None = None
-    priority: int | None = None
-    table: int | None = None
-    scope: int | None = None
+    gw: IPAddress | None
+    mtu: int | None
+    advmss: int | None
+    priority: int | None
+    table: int | None
+    scope: int | None
+
+    def __init__(self, dst: IPNetwork, gw: IPAddress | None = None, mtu: int | None = None,
+                 advmss: int | None = None, priority: int | None = None,
+                 table: int | None = None, scope: int | None = None) -> None:
+        self._set(dst=dst, gw=gw, mtu=mtu, advmss=advmss, priority=priority, table=table,
+                  scope=scope)
 
 
-@dataclass(frozen=True)
-class DNS:
+class DNS(Frozen):
     """DNS settings a plugin reports."""
 
-    nameservers: tuple[str, ...] = ()
-    domain: str = ""
-    search: tuple[str, ...] = ()
-    options: tuple[str, ...] = ()
+    _fields = ("nameservers", "domain", "search", "options")
+    nameservers: tuple[str, ...]
+    domain: str
+    search: tuple[str, ...]
+    options: tuple[str, ...]
+
+    def __init__(self, nameservers: tuple[str, ...] = (), domain: str = "",
+                 search: tuple[str, ...] = (), options: tuple[str, ...] = ()) -> None:
+        self._set(nameservers=nameservers, domain=domain, search=search, options=options)
 
     def is_empty(self) -> bool:
         """True when nothing is set (libcni then omits ``dns`` from 1.x results)."""
@@ -97,17 +119,27 @@ class DNS:
         return out
 
 
-@dataclass(frozen=True)
-class Result:
-    """A plugin's ADD result. ``raw`` is the JSON object exactly as received (for
-    display); it is not compared and must not be mutated."""
+_NO_DNS = DNS()
 
+
+class Result(Frozen):
+    """A plugin's ADD result. ``raw`` is the JSON object exactly as received (for
+    display); it is not compared, hashed or shown by ``repr`` and must not be mutated."""
+
+    _fields = ("cni_version", "interfaces", "ips", "routes", "dns")  # not raw
+    __match_args__ = (*_fields, "raw")
     cni_version: str
-    interfaces: tuple[Interface, ...] = ()
-    ips: tuple[IPConfig, ...] = ()
-    routes: tuple[Route, ...] = ()
-    dns: DNS = DNS()
-    raw: Mapping[str, Any] | None = field(default=None, compare=False, repr=False)
+    interfaces: tuple[Interface, ...]
+    ips: tuple[IPConfig, ...]
+    routes: tuple[Route, ...]
+    dns: DNS
+    raw: Mapping[str, Any] | None
+
+    def __init__(self, cni_version: str, interfaces: tuple[Interface, ...] = (),
+                 ips: tuple[IPConfig, ...] = (), routes: tuple[Route, ...] = (),
+                 dns: DNS = _NO_DNS, raw: Mapping[str, Any] | None = None) -> None:
+        self._set(cni_version=cni_version, interfaces=interfaces, ips=ips, routes=routes,
+                  dns=dns, raw=raw)
 
     def to_dict(self, version: str | None = None) -> dict[str, Any]:
         """The wire form at *version* (default: the result's own version).

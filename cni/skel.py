@@ -27,31 +27,42 @@ import json
 import os
 import re
 import sys
-import traceback
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
-from typing import IO, Any
 
 from . import gojson
+from ._frozen import Frozen
 from .errors import (ERR_DECODING_FAILURE, ERR_INCOMPATIBLE_VERSION, ERR_INTERNAL,
                      ERR_INVALID_ENV, ERR_INVALID_NETNS, ERR_INVALID_NETWORK_CONFIG,
                      ERR_IO_FAILURE, CNIError)
-from .result import Result
 from .version import parse_version, version_ge
+
+# A plugin starts once per pod operation: typing, cni.result (only a command that
+# returns a Result has loaded it) and traceback (an unexpected exception) are not
+# imported up front.
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing
+if TYPE_CHECKING:
+    from typing import IO, Any
+
+    from .result import Result
 
 __all__ = ["CmdArgs", "CommandFunc", "plugin_main", "config_field", "go_json_type"]
 
 
-@dataclass(frozen=True)
-class CmdArgs:
+class CmdArgs(Frozen):
     """A command's arguments: the ``CNI_*`` variables and the config from stdin."""
 
+    _fields = ("container_id", "netns", "ifname", "args", "path", "stdin_data")
     container_id: str
     netns: str
     ifname: str
     args: str
     path: str
     stdin_data: bytes
+
+    def __init__(self, container_id: str, netns: str, ifname: str, args: str, path: str,
+                 stdin_data: bytes) -> None:
+        self._set(container_id=container_id, netns=netns, ifname=ifname, args=args,
+                  path=path, stdin_data=stdin_data)
 
 
 CommandFunc = Callable[[CmdArgs], "Result | Mapping[str, Any] | bytes | str | None"]
@@ -228,7 +239,8 @@ def _read_stdin(stdin: IO[bytes] | bytes | None, *, skip_tty: bool = False) -> b
 
 def _render(output: Any) -> bytes:
     """What a command returned, as Go's ``types.PrettyPrint`` writes it."""
-    if isinstance(output, Result):
+    result = sys.modules.get("cni.result")  # no Result exists unless it was loaded
+    if result is not None and isinstance(output, result.Result):
         output = output.to_dict()
     if isinstance(output, (bytes, bytearray)):
         return bytes(output)
@@ -316,6 +328,7 @@ def plugin_main(add: CommandFunc, del_: CommandFunc, check: CommandFunc | None =
     except CNIError as exc:
         error = exc
     except Exception as exc:  # noqa: BLE001 - a plugin must always answer in JSON
+        import traceback
         traceback.print_exc(file=err_out)
         error = CNIError(ERR_INTERNAL, str(exc) or type(exc).__name__)
     obj = {"cniVersion": error_version, **error.to_dict()}

@@ -16,27 +16,35 @@ rename) rather than truncated in place; and it is kept when the delegate's DEL f
 so a retried DEL still reaches the delegate (flannel's deferred cleanup meant that,
 but its current ``doCmdDel`` removes the file whatever the delegate answered).
 
-Started once per pod ADD/DEL: imports only the standard library, ``cni`` and
-``flannel.subnetenv`` (``python -X importtime -m flannel.plugin``).
+Started once per pod ADD/DEL: imports only the standard library, ``cni``,
+``flannel.subnetenv`` and (to run the delegate) ``flannel.spawn``, and of those only
+what the command needs: no ``typing``, ``dataclasses``, ``logging``, ``tempfile`` or
+``subprocess``; ``ipaddress`` and ``cni.result`` for ADD only. Issue 5 gives the plugin
+25 ms over its delegate, interpreter start included; ``tests/unit/test_plugin_startup.py``
+keeps the imports down, ``python -S -X importtime`` on the installed launcher shows them.
 """
 
 from __future__ import annotations
 
 import errno
-import ipaddress
 import os
 import sys
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
-from typing import IO, Any
 
 from cni import gojson
+from cni._frozen import Frozen
 from cni.errors import ERR_INTERNAL, CNIError, PluginNotFound
-from cni.invoke import Exec, RawExec, exec_plugin
-from cni.result import Result
+from cni.invoke import exec_plugin
 from cni.skel import CmdArgs, config_field, go_json_type, plugin_main
 from cni.version import SUPPORTED_VERSIONS
 from flannel.subnetenv import SubnetEnv, SubnetEnvError, read_subnet_env, write_atomic
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing
+if TYPE_CHECKING:
+    from typing import IO, Any
+
+    from cni.invoke import Exec
+    from cni.result import Result
 
 __all__ = ["DEFAULT_SUBNET_FILE", "DEFAULT_DATA_DIR", "ABOUT", "NetConf", "load_netconf",
            "build_delegate", "delegate_bytes", "cmd_add", "cmd_del", "run", "main"]
@@ -60,17 +68,27 @@ class _GoStruct(dict):  # type: ignore[type-arg]
     """An object Go marshals from a struct: fields in declaration order, not sorted."""
 
 
-@dataclass(frozen=True)
-class NetConf:
+class NetConf(Frozen):
     """flannel's own network config (the conflist entry with ``name``/``cniVersion``)."""
 
-    name: str = ""
-    cni_version: str = ""
-    subnet_file: str = DEFAULT_SUBNET_FILE
-    data_dir: str = DEFAULT_DATA_DIR
-    delegate: Mapping[str, Any] | None = None
-    ipam: Mapping[str, Any] | None = None
-    runtime_config: Mapping[str, Any] | None = None
+    _fields = ("name", "cni_version", "subnet_file", "data_dir", "delegate", "ipam",
+               "runtime_config")
+    name: str
+    cni_version: str
+    subnet_file: str
+    data_dir: str
+    delegate: Mapping[str, Any] | None
+    ipam: Mapping[str, Any] | None
+    runtime_config: Mapping[str, Any] | None
+
+    def __init__(self, name: str = "", cni_version: str = "",
+                 subnet_file: str = DEFAULT_SUBNET_FILE, data_dir: str = DEFAULT_DATA_DIR,
+                 delegate: Mapping[str, Any] | None = None,
+                 ipam: Mapping[str, Any] | None = None,
+                 runtime_config: Mapping[str, Any] | None = None) -> None:
+        self._set(name=name, cni_version=cni_version, subnet_file=subnet_file,
+                  data_dir=data_dir, delegate=delegate, ipam=ipam,
+                  runtime_config=runtime_config)
 
 
 def _internal(msg: str) -> CNIError:
@@ -199,6 +217,7 @@ def _go_cidr(text: Any, present: bool) -> str:
         raise ValueError(f"json: cannot unmarshal {go_json_type(text)} into Go value of "
                          "type string")
     text = text or ""
+    import ipaddress
     try:
         if "/" not in text:
             raise ValueError
@@ -209,6 +228,7 @@ def _go_cidr(text: Any, present: bool) -> str:
 
 
 def _go_ip(text: Any) -> str:
+    import ipaddress
     try:
         ip = ipaddress.ip_address(text) if isinstance(text, str) else None
     except ValueError:
@@ -328,11 +348,16 @@ def run(*, exec_: Exec | None = None, environ: Mapping[str, str] | None = None,
         stderr: IO[str] | None = None, argv: Sequence[str] | None = None) -> int:
     """One plugin invocation with injectable exec, environment and streams (tests run
     it in-process with a fake ``Exec``); returns the exit code."""
-    runner = exec_ if exec_ is not None else RawExec()
+    def runner() -> Exec:
+        if exec_ is not None:
+            return exec_
+        from flannel.spawn import SpawnExec  # not needed for VERSION
+        return SpawnExec()
+
     env = os.environ if environ is None else environ
     return plugin_main(
-        lambda a: cmd_add(a, exec_=runner, environ=env),
-        lambda a: cmd_del(a, exec_=runner, environ=env, stderr=stderr),
+        lambda a: cmd_add(a, exec_=runner(), environ=env),
+        lambda a: cmd_del(a, exec_=runner(), environ=env, stderr=stderr),
         lambda a: None,  # flannel's cmdCheck: "TODO: implement"
         supported_versions=SUPPORTED_VERSIONS, about=ABOUT, argv=argv, environ=env,
         stdin=stdin, stdout=stdout, stderr=stderr)

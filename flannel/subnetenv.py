@@ -8,18 +8,23 @@ is on, then ``FLANNEL_MTU`` and ``FLANNEL_IPMASQ``; 0644, replaced atomically.
 its error texts. ``10-flannel.conflist`` is kube-flannel's ``cni-conf.json`` as the
 ConfigMap ships it (Documentation/kube-flannel.yml), copied byte for byte.
 
-Standard library only: the CNI plugin imports the reader on every pod ADD.
+Standard library only, and light: the CNI plugin imports the reader at every start, so
+``ipaddress`` is loaded only when an address is parsed, and neither ``tempfile`` nor
+``dataclasses`` is used (together about 20 ms per exec).
 """
 
 from __future__ import annotations
 
 import errno as errno_mod
-import ipaddress
 import json
 import os
 import re
-import tempfile
-from dataclasses import dataclass
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing
+if TYPE_CHECKING:
+    import ipaddress
+
+    Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 __all__ = ["SUBNET_FILE", "CONFLIST_NAME", "CONFLIST", "SubnetEnv", "SubnetEnvError",
            "render_subnet_env", "write_subnet_env", "read_subnet_env", "write_conflist",
@@ -51,25 +56,55 @@ CONFLIST = b"""{
 }
 """
 
-Network = ipaddress.IPv4Network | ipaddress.IPv6Network
-
 
 class SubnetEnvError(ValueError):
     """subnet.env cannot be read or is incomplete; the text is the Go plugin's."""
 
 
-@dataclass(frozen=True, kw_only=True)
 class SubnetEnv:
     """A parsed subnet.env. ``subnet`` is the podCIDR as Go's ``net.ParseCIDR`` returns
     it (``10.244.1.1/24`` -> ``10.244.1.0/24``); ``networks`` keeps every comma-separated
-    ``FLANNEL_NETWORK`` entry, without duplicates, in file order."""
+    ``FLANNEL_NETWORK`` entry, without duplicates, in file order.
 
-    networks: tuple[Network, ...] = ()
-    subnet: Network | None = None
-    ipv6_networks: tuple[Network, ...] = ()
-    ipv6_subnet: Network | None = None
-    mtu: int | None = None
-    ipmasq: bool | None = None
+    Frozen, compared, hashed and shown like the ``@dataclass(frozen=True, kw_only=True)``
+    it was (``cni._frozen`` does the same for cni's types; this module stays stdlib-only).
+    """
+
+    _fields = ("networks", "subnet", "ipv6_networks", "ipv6_subnet", "mtu", "ipmasq")
+    __match_args__ = ()  # keyword-only fields, as the dataclass had
+    networks: tuple[Network, ...]
+    subnet: Network | None
+    ipv6_networks: tuple[Network, ...]
+    ipv6_subnet: Network | None
+    mtu: int | None
+    ipmasq: bool | None
+
+    def __init__(self, *, networks: tuple[Network, ...] = (), subnet: Network | None = None,
+                 ipv6_networks: tuple[Network, ...] = (), ipv6_subnet: Network | None = None,
+                 mtu: int | None = None, ipmasq: bool | None = None) -> None:
+        self.__dict__.update(networks=networks, subnet=subnet, ipv6_networks=ipv6_networks,
+                             ipv6_subnet=ipv6_subnet, mtu=mtu, ipmasq=ipmasq)
+
+    def __setattr__(self, name: str, value: object) -> None:
+        raise AttributeError(f"cannot assign to field {name!r}")
+
+    def __delattr__(self, name: str) -> None:
+        raise AttributeError(f"cannot delete field {name!r}")
+
+    def _key(self) -> tuple[object, ...]:
+        return tuple([self.__dict__[name] for name in self._fields])
+
+    def __eq__(self, other: object) -> bool:
+        if other.__class__ is self.__class__:
+            return self._key() == other._key()  # type: ignore[attr-defined]
+        return NotImplemented
+
+    def __hash__(self) -> int:
+        return hash(self._key())
+
+    def __repr__(self) -> str:
+        fields = ", ".join(f"{name}={self.__dict__[name]!r}" for name in self._fields)
+        return f"{type(self).__qualname__}({fields})"
 
     @property
     def network(self) -> Network | None:
@@ -141,7 +176,7 @@ def write_atomic(path: str, data: bytes, *, mode: int = 0o644, keep_mode: bool =
             mode = os.stat(path).st_mode & 0o7777
         except FileNotFoundError:
             pass
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix="." + os.path.basename(path) + ".")
+    fd, tmp = _create_temp(directory, "." + os.path.basename(path) + ".")
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
@@ -160,6 +195,19 @@ def write_atomic(path: str, data: bytes, *, mode: int = 0o644, keep_mode: bool =
         os.fsync(dir_fd)
     finally:
         os.close(dir_fd)
+
+
+def _create_temp(directory: str, prefix: str) -> tuple[int, str]:
+    """``tempfile.mkstemp`` without importing tempfile (plugin start-up): an
+    ``O_EXCL`` file, 0600, under a random name; retried on a name clash."""
+    flags = os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+    for _ in range(100):
+        path = os.path.join(directory, prefix + os.urandom(6).hex())
+        try:
+            return os.open(path, flags, 0o600), path
+        except FileExistsError:
+            continue
+    raise FileExistsError(errno_mod.EEXIST, "No usable temporary file name found")
 
 
 # -- reading: flannel cni-plugin's loadFlannelSubnetEnv --------------------------------
@@ -231,6 +279,7 @@ _KEYS = frozenset({"FLANNEL_NETWORK", "FLANNEL_SUBNET", "FLANNEL_IPV6_NETWORK",
 def _parse_cidr(text: str) -> Network:
     # Go's net.ParseCIDR: address/prefix only (no netmask form), host bits allowed.
     if _CIDR.fullmatch(text):
+        import ipaddress
         try:
             return ipaddress.ip_network(text, strict=False)
         except ValueError:
