@@ -190,6 +190,7 @@ class Cluster:
         install(str(self.bin_dir))
         for _ in range(n):
             self.add_node()
+        self.wait_for_overlay()
 
     def start_etcd(self) -> None:
         self.etcd = subprocess.Popen(
@@ -207,6 +208,13 @@ class Cluster:
     def stop_etcd(self) -> None:
         _stop(self.etcd, signal.SIGTERM)
         self.etcd = None
+
+    def wait_for_overlay(self, timeout: float = 60) -> None:
+        """Until every node has a flannel.1 route to every other node's podCIDR (agents
+        learn of new leases by watching the store, a second or so after they appear)."""
+        def complete() -> bool:
+            return all(len(n.overlay_routes()) >= len(self.nodes) - 1 for n in self.nodes)
+        wait_for(complete, "every node's overlay routes", timeout=timeout)
 
     def add_node(self, *, wait: bool = True) -> Node:
         node = Node(self, len(self.nodes) + 1)

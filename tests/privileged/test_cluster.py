@@ -47,6 +47,7 @@ def test_pods_on_three_nodes_reach_each_other(cluster: Cluster) -> None:
     index = n1.ns.run("ip", "-o", "link", "show", "flannel.1").split(":")[0]
     n1.stop_agent()
     n1.start_agent()
+    cluster.wait_for_overlay()
     assert n1.ns.run("ip", "-o", "link", "show", "flannel.1").split(":")[0] == index
     assert unreachable(pods) == []
 
@@ -80,6 +81,7 @@ def test_etcd_down_keeps_the_data_path_and_agents_retry(cluster: Cluster) -> Non
     cluster.start_etcd()
     n4.wait_for_conflist(timeout=60)
     n4.start_shim()
+    cluster.wait_for_overlay()
     p4 = n4.run_pod("d")
     wait_for(lambda: not unreachable(pods + [p4]), "node-4's pod to be reachable", timeout=60)
     for p in pods + [p4]:

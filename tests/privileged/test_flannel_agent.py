@@ -25,7 +25,7 @@ from pathlib import Path
 
 import pytest
 
-from flannel.subnetenv import CONFLIST, read_subnet_env
+from flannel.subnetenv import read_subnet_env, render_conflist
 from flannel.vxlan import vtep_mac
 from nodeipam.filestore import FileLeaseStore
 
@@ -173,7 +173,9 @@ def test_three_nodes_pods_ping_across_flannel_1(cluster):
         assert (node.work / "subnet.env").read_text() == (
             f"FLANNEL_NETWORK={NETWORK}\nFLANNEL_SUBNET={node.subnet.network_address + 1}/24\n"
             "FLANNEL_MTU=1450\nFLANNEL_IPMASQ=true\n")
-        assert (node.work / "net.d" / "10-flannel.conflist").read_bytes() == CONFLIST
+        # kube-flannel's conflist, plus the non-default subnet.env the plugin must read.
+        assert (node.work / "net.d" / "10-flannel.conflist").read_bytes() == \
+            render_conflist({"subnetFile": str(node.work / "subnet.env")})
         nat = node.ns.run("iptables", "-t", "nat", "-S")
         assert '-A POSTROUTING -m comment --comment "flanneld masq" -j FLANNEL-POSTRTG' in nat
         assert f"-A FLANNEL-POSTRTG -s {node.subnet} -d {NETWORK} " in nat
