@@ -28,7 +28,7 @@ class SpawnExec(RawExec):
     """``RawExec`` without ``subprocess``.
 
     The same contract for the untimed run flannel makes: no shell, only stdin, stdout
-    and stderr inherited (as ``close_fds``), a new session, SIGPIPE and SIGXFSZ back to
+    and stderr inherited (as ``close_fds``), a process group of its own, SIGPIPE and SIGXFSZ back to
     their defaults (as ``restore_signals``), "text file busy" retried, both outputs
     captured. ``os.posix_spawn`` and a ``poll`` loop do what ``Popen`` and
     ``communicate`` did. A timeout, or a path without a directory (which ``Popen``
@@ -60,7 +60,7 @@ class SpawnExec(RawExec):
             while True:
                 try:
                     pid = os.posix_spawn(plugin_path, [plugin_path], dict(env),
-                                         file_actions=actions, setsid=True,
+                                         file_actions=actions, setpgroup=0,
                                          setsigdef=_DEFAULT_SIGNALS)
                     break
                 except OSError as exc:

@@ -20,6 +20,8 @@ import json
 import os
 import re
 
+from cni._frozen import Frozen
+
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing
 if TYPE_CHECKING:
     import ipaddress
@@ -61,14 +63,11 @@ class SubnetEnvError(ValueError):
     """subnet.env cannot be read or is incomplete; the text is the Go plugin's."""
 
 
-class SubnetEnv:
+class SubnetEnv(Frozen):
     """A parsed subnet.env. ``subnet`` is the podCIDR as Go's ``net.ParseCIDR`` returns
     it (``10.244.1.1/24`` -> ``10.244.1.0/24``); ``networks`` keeps every comma-separated
-    ``FLANNEL_NETWORK`` entry, without duplicates, in file order.
-
-    Frozen, compared, hashed and shown like the ``@dataclass(frozen=True, kw_only=True)``
-    it was (``cni._frozen`` does the same for cni's types; this module stays stdlib-only).
-    """
+    ``FLANNEL_NETWORK`` entry, without duplicates, in file order. A frozen value
+    (``cni._frozen``, stdlib-only: the plugin's start-up stays lean)."""
 
     _fields = ("networks", "subnet", "ipv6_networks", "ipv6_subnet", "mtu", "ipmasq")
     __match_args__ = ()  # keyword-only fields, as the dataclass had
@@ -82,29 +81,8 @@ class SubnetEnv:
     def __init__(self, *, networks: tuple[Network, ...] = (), subnet: Network | None = None,
                  ipv6_networks: tuple[Network, ...] = (), ipv6_subnet: Network | None = None,
                  mtu: int | None = None, ipmasq: bool | None = None) -> None:
-        self.__dict__.update(networks=networks, subnet=subnet, ipv6_networks=ipv6_networks,
-                             ipv6_subnet=ipv6_subnet, mtu=mtu, ipmasq=ipmasq)
-
-    def __setattr__(self, name: str, value: object) -> None:
-        raise AttributeError(f"cannot assign to field {name!r}")
-
-    def __delattr__(self, name: str) -> None:
-        raise AttributeError(f"cannot delete field {name!r}")
-
-    def _key(self) -> tuple[object, ...]:
-        return tuple([self.__dict__[name] for name in self._fields])
-
-    def __eq__(self, other: object) -> bool:
-        if other.__class__ is self.__class__:
-            return self._key() == other._key()  # type: ignore[attr-defined]
-        return NotImplemented
-
-    def __hash__(self) -> int:
-        return hash(self._key())
-
-    def __repr__(self) -> str:
-        fields = ", ".join(f"{name}={self.__dict__[name]!r}" for name in self._fields)
-        return f"{type(self).__qualname__}({fields})"
+        self._set(networks=networks, subnet=subnet, ipv6_networks=ipv6_networks,
+                  ipv6_subnet=ipv6_subnet, mtu=mtu, ipmasq=ipmasq)
 
     @property
     def network(self) -> Network | None:

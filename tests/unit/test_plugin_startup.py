@@ -188,11 +188,11 @@ def test_exec_protocol_still_exported() -> None:
 
 # -- SpawnExec runs a plugin as RawExec does ------------------------------------------
 
-# What a plugin can see of how it was started: its session, signal dispositions and
+# What a plugin can see of how it was started: its process group, signal dispositions and
 # mask, open descriptors, stdin, environment; then an exit status and both outputs.
 PROBE = """#!/bin/sh
 set -- $(cat /proc/$$/stat)
-[ "$6" = "$$" ] && echo "session leader" || echo "not a session leader"
+[ "$5" = "$$" ] && echo "group leader" || echo "not a group leader"
 while read -r key value; do  # builtins only: a forked reader could catch sh mid-wait
     case $key in SigIgn:|SigBlk:) echo "$key $value";; esac
 done < /proc/$$/status
@@ -233,7 +233,7 @@ def test_spawn_exec_starts_the_plugin_as_rawexec_does(tmp_path: Path) -> None:
                        spawn.stderr, spawn.returncode)
     assert spawn == raw
     lines = raw.stdout.decode().splitlines()
-    assert lines[0] == "session leader"
+    assert lines[0] == "group leader"
     assert "stdin: 1000 bytes" in lines and "ODD=a b\tc" in lines
     fds = next(line for line in lines if line.startswith("fds: ")).split()[1:]
     assert str(leaked_r) not in fds and str(leaked_w) not in fds
