@@ -74,18 +74,16 @@ def test_bandwidth_and_tuning_plugins(shim: Shim) -> None:
     shim.write_conf("10-test.conflist", conf)
     shim.start()
     cfg = pod_config("shaped")
+    # Ingress only: egress shaping makes the bandwidth plugin load the ifb module, and
+    # loading it creates ifb0/ifb1 in the host's namespace, which we must not touch.
     cfg.annotations["kubernetes.io/ingress-bandwidth"] = "10M"
-    cfg.annotations["kubernetes.io/egress-bandwidth"] = "20M"
     sandbox_id, st = run(shim, cfg)
     netns = json.loads(st.info["info"])["netNamespacePath"]
     assert in_pod(netns, "sysctl", "-n", "net.ipv4.conf.eth0.forwarding").strip() == "1"
     veth = shim.veths()[0]
     qdiscs = shim.node.run("tc", "qdisc", "show", "dev", veth)
-    assert "tbf" in qdiscs or "ingress" in qdiscs, qdiscs
-    ifbs = [n for n in shim.node.links() if n.startswith("bwp")]
-    assert ifbs, "no ifb device for egress shaping"
+    assert "tbf" in qdiscs and "rate 10Mbit" in qdiscs, qdiscs
     remove(shim, sandbox_id)
-    assert [n for n in shim.node.links() if n.startswith("bwp")] == []
     assert shim.leftovers("testnet") == {}
 
 
