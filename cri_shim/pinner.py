@@ -121,9 +121,14 @@ class Pinner:
                     reply = ""
                 if reply:
                     break
-                self._proc.kill()   # died mid-request: once more with a fresh helper
-                self._proc.wait()
+                self._proc.kill()   # died mid-request: once more with a fresh helper,
+                self._proc.wait()   # after undoing whatever half of the pin it did
                 self._proc = None
+                _libc().umount2(os.fsencode(path), MNT_DETACH)
+                try:
+                    os.unlink(path)
+                except FileNotFoundError:
+                    pass
             else:
                 raise OSError(errno.EIO, "the netns pinner helper keeps dying")
         if reply.startswith("OK"):
@@ -136,7 +141,11 @@ class Pinner:
             if self._proc is not None:
                 if self._proc.stdin:
                     self._proc.stdin.close()
-                self._proc.wait(timeout=5)
+                try:
+                    self._proc.wait(timeout=5)
+                except subprocess.TimeoutExpired:
+                    self._proc.kill()
+                    self._proc.wait()
                 self._proc = None
 
 

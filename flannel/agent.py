@@ -244,6 +244,7 @@ class Agent:
             self.peers[peer.node] = peer
         except DataPathError as exc:
             log.error("node %s (%s): %s", lease.node, event.kind, exc)
+            self._stale = True   # the next resync reprograms this peer
 
     # -- the loop ----------------------------------------------------------------------
 
@@ -287,7 +288,9 @@ class Agent:
                 else:
                     self.step()
                 backoff.reset()
-            except (StoreUnavailable, LeaseConflict, DataPathError) as exc:
+            except (StoreUnavailable, LeaseConflict, DataPathError, *_netlink_errors()) as exc:
+                # (a netlink error that escaped vxlan's wrapping, e.g. "dump
+                # interrupted", is a data-path hiccup too: retry, do not crash)
                 self._stale = True
                 delay = backoff.next()
                 log.warning("%s: %s; data path left as it is, retrying in %.0fs",
@@ -311,6 +314,12 @@ def open_store(spec: str) -> LeaseStore:
         from nodeipam.etcdstore import EtcdLeaseStore
         return EtcdLeaseStore([e for e in rest.split(",") if e])
     raise ValueError(f"--store {spec!r}: want file:/path or etcd:http://host:2379[,...]")
+
+
+def _netlink_errors() -> tuple[type[BaseException], ...]:
+    """pyroute2's NetlinkError (not an OSError), if pyroute2 is loaded."""
+    module = sys.modules.get("pyroute2.netlink.exceptions")
+    return (module.NetlinkError,) if module is not None else ()
 
 
 def _parser() -> argparse.ArgumentParser:

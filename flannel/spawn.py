@@ -28,7 +28,8 @@ class SpawnExec(RawExec):
     """``RawExec`` without ``subprocess``.
 
     The same contract for the untimed run flannel makes: no shell, only stdin, stdout
-    and stderr inherited (as ``close_fds``), a process group of its own, SIGPIPE and SIGXFSZ back to
+    and stderr inherited (as ``close_fds``), the plugin's own process group (so a
+    runtime's timeout kill reaches the delegate too, as with Go's invoke), SIGPIPE and SIGXFSZ back to
     their defaults (as ``restore_signals``), "text file busy" retried, both outputs
     captured. ``os.posix_spawn`` and a ``poll`` loop do what ``Popen`` and
     ``communicate`` did. A timeout, or a path without a directory (which ``Popen``
@@ -60,7 +61,7 @@ class SpawnExec(RawExec):
             while True:
                 try:
                     pid = os.posix_spawn(plugin_path, [plugin_path], dict(env),
-                                         file_actions=actions, setpgroup=0,
+                                         file_actions=actions,
                                          setsigdef=_DEFAULT_SIGNALS)
                     break
                 except OSError as exc:

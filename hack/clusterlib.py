@@ -47,7 +47,11 @@ class Namespace:
     def __init__(self, name: str) -> None:
         self.name, self.path = name, f"/var/run/netns/{name}"
         sh("ip", "netns", "add", name)
-        self.run("ip", "link", "set", "lo", "up")
+        try:
+            self.run("ip", "link", "set", "lo", "up")
+        except BaseException:
+            self.delete()
+            raise
 
     def run(self, *cmd: str, check: bool = True) -> str:
         return sh("nsenter", f"--net={self.path}", *cmd, check=check)
@@ -79,7 +83,7 @@ class Node:
         log = open(self.work / f"{what}.log", "ab")
         return subprocess.Popen(["nsenter", f"--net={self.ns.path}", sys.executable, "-m", "cri_shim",
                                  *argv], stdout=log, stderr=subprocess.STDOUT,
-                                env=dict(os.environ, PYTHONPATH=str(REPO)))
+                                env=_env())
 
     def start_agent(self, *, wait: bool = True) -> None:
         self.agent = self._spawn(
@@ -229,6 +233,7 @@ class Cluster:
         """What deleting a node does: its processes go and its lease is released."""
         node.stop_shim()
         node.stop_agent()
+        _unpin_all(node)
         # Only from inside the underlay: etcd is not reachable (and must not be looked
         # for) from the host's network. etcd leases carry no node name: flannel finds
         # a node's lease by its PublicIP.
@@ -240,24 +245,48 @@ class Cluster:
         self.nodes.remove(node)
 
     def close(self) -> None:
-        for node in self.nodes:
-            for proc in (node.shim, node.agent):
-                _stop(proc, signal.SIGTERM)
-            netns_dir = node.work / "netns"
-            if netns_dir.exists():
-                from cri_shim import netns
-                for p in netns_dir.iterdir():
-                    netns.unpin(str(p))
-        _stop(self.etcd, signal.SIGTERM)
-        for ns in reversed(self.namespaces):
-            ns.delete()
-        shutil.rmtree(self.work, ignore_errors=True)
+        """Remove everything, best effort: every step runs even if one fails, and
+        SIGINT/SIGTERM cannot interrupt it halfway."""
+        old = {sig: signal.signal(sig, signal.SIG_IGN) for sig in (signal.SIGINT, signal.SIGTERM)}
+        try:
+            steps: list[Callable[[], None]] = []
+            for node in self.nodes:
+                steps += [lambda n=node: _stop(n.shim, signal.SIGTERM),
+                          lambda n=node: _stop(n.agent, signal.SIGTERM),
+                          lambda n=node: _unpin_all(n)]
+            steps.append(lambda: _stop(self.etcd, signal.SIGTERM))
+            steps += [ns.delete for ns in reversed(self.namespaces)]
+            steps.append(lambda: shutil.rmtree(self.work, ignore_errors=True))
+            for step in steps:
+                try:
+                    step()
+                except Exception as exc:  # keep going: leave as little as possible
+                    print(f"cleanup: {exc}", file=sys.stderr)
+        finally:
+            for sig, handler in old.items():
+                signal.signal(sig, handler)
+
+
+def _unpin_all(node: Node) -> None:
+    from cri_shim import netns
+    netns_dir = node.work / "netns"
+    if netns_dir.exists():
+        for p in netns_dir.iterdir():
+            netns.unpin(str(p))
+
+
+def _env() -> dict[str, str]:
+    """The environment for the processes in the namespaces: no proxy settings (their
+    only peers are in these namespaces) and the repo on PYTHONPATH."""
+    env = {k: v for k, v in os.environ.items() if k.lower() not in
+           ("http_proxy", "https_proxy", "all_proxy", "no_proxy")}
+    return dict(env, PYTHONPATH=str(REPO))
 
 
 def _etcd_healthy(underlay: Namespace) -> bool:
     try:
         out = underlay.run(sys.executable, "-c",
-                           "import urllib.request,sys; print(urllib.request.urlopen("
+                           "import urllib.request as u; print(u.build_opener(u.ProxyHandler({})).open("
                            f"'http://{UNDERLAY_IP}:2379/health', timeout=1).read().decode())",
                            check=False)
     except subprocess.TimeoutExpired:

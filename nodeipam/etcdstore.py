@@ -112,8 +112,11 @@ class EtcdLeaseStore:
         url = urlsplit(endpoint if "://" in endpoint else f"http://{endpoint}")
         if not url.hostname:
             raise ValueError(f"bad etcd endpoint {endpoint!r}")
-        return etcd3gw.Etcd3Client(host=url.hostname, port=url.port or 2379,
-                                   protocol=url.scheme, timeout=timeout)
+        client = etcd3gw.Etcd3Client(host=url.hostname, port=url.port or 2379,
+                                     protocol=url.scheme, timeout=timeout)
+        # etcd is a direct peer: never go through an HTTP(S)_PROXY from the environment.
+        client.session.trust_env = False
+        return client
 
     # -- LeaseStore --------------------------------------------------------------
 
@@ -340,7 +343,8 @@ class EtcdLeaseStore:
                              field: revision}],
                 "success": [{"request_put": put}], "failure": []})
         except BaseException:
-            self._revoke(lease_id)
+            # The outcome is unknown (a timeout after etcd applied it would make a
+            # revoke delete our own fresh key): leave the new lease to expire.
             raise
         if not resp.get("succeeded"):
             self._revoke(lease_id)

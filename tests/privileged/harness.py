@@ -44,7 +44,11 @@ class NodeNamespace:
         self.name = f"{prefix}-{secrets.token_hex(4)}"
         sh("ip", "netns", "add", self.name)
         self.path = f"/var/run/netns/{self.name}"
-        self.run("ip", "link", "set", "lo", "up")
+        try:
+            self.run("ip", "link", "set", "lo", "up")
+        except BaseException:
+            self.close()
+            raise
 
     def run(self, *cmd: str, check: bool = True) -> str:
         return sh("nsenter", f"--net={self.path}", *cmd, check=check)

@@ -46,6 +46,7 @@ def test_pods_on_three_nodes_reach_each_other(cluster: Cluster) -> None:
     n1 = cluster.nodes[0]
     index = n1.ns.run("ip", "-o", "link", "show", "flannel.1").split(":")[0]
     n1.stop_agent()
+    (n1.work / "net.d" / "10-flannel.conflist").unlink()   # proof the new agent ran
     n1.start_agent()
     cluster.wait_for_overlay()
     assert n1.ns.run("ip", "-o", "link", "show", "flannel.1").split(":")[0] == index
