@@ -211,9 +211,15 @@ class EtcdLeaseStore:
         """Delete the lease of *node*: a PublicIP, or a node name this store acquired."""
         with self._lock, self._etcd():
             _, public_ip = self._acquired.pop(node, ("", node))
+            released = False
             for entry in self._entries():
                 if entry.attrs["public_ip"] == public_ip and self._delete(entry):
                     log.info("released %s of %s", entry.key, node)
+                    released = True
+            if not released:
+                # etcd leases carry no node name: a name this store did not acquire
+                # cannot be found (pass the node's PublicIP instead).
+                log.warning("release: no lease with PublicIP %r (node %r)", public_ip, node)
 
     def leases(self) -> list[Lease]:
         """Every current lease (etcd drops expired ones itself), ``node`` = PublicIP."""

@@ -82,6 +82,11 @@ def _inside(args: argparse.Namespace) -> int:
         raise KeyboardInterrupt
     signal.signal(signal.SIGINT, interrupted)
     signal.signal(signal.SIGTERM, interrupted)
+    # --inside is the half that runs plugins: refuse anywhere but the node namespace,
+    # so bridge and iptables can never land in the host's.
+    if os.stat("/proc/self/ns/net").st_ino != os.stat(f"/var/run/netns/{args.node}").st_ino:
+        print(f"bench --inside: not running in the network namespace {args.node}", file=sys.stderr)
+        return 2
     work = Work(Path(args.inside))
     ctx = Context.make(work, f"/var/run/netns/{args.node}", _sizes(args),
                        tuple(o.replace("=", " = ", 1) for o in args.shim_cni),
