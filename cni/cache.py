@@ -19,12 +19,12 @@ import base64
 import binascii
 import contextlib
 import os
-import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 from . import gojson
+from ._atomic import write_atomic
 from .errors import ERR_INVALID_ENV, CNIError
 
 __all__ = ["CACHE_KIND", "CacheEntry", "ResultCache"]
@@ -84,18 +84,10 @@ class ResultCache:
             fields.append(("result", dict(entry.result)))
         data = gojson.marshal_fields(fields)
         os.makedirs(self.results_dir, mode=0o700, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=self.results_dir, prefix=".tmp-")  # mode 0600
-        try:
-            # No fsync, as libcni (os.WriteFile): the entry must survive the runtime
-            # crashing, not the machine (a reboot ends every netns anyway), and an
-            # fsync here waits for the journal: up to 4 ms per network on a busy disk.
-            with os.fdopen(fd, "wb") as f:
-                f.write(data)
-            os.replace(tmp, path)
-        except BaseException:
-            with contextlib.suppress(OSError):
-                os.unlink(tmp)
-            raise
+        # No fsync, as libcni (os.WriteFile): the entry must survive the runtime
+        # crashing, not the machine (a reboot ends every netns anyway), and an
+        # fsync here waits for the journal: up to 4 ms per network on a busy disk.
+        write_atomic(path, data, mode=0o600)
         return path
 
     def read(self, network: str, container_id: str, ifname: str) -> CacheEntry | None:

@@ -19,7 +19,7 @@ import os
 import re
 from typing import Any, Mapping, Sequence
 
-from .store import write_atomically
+from cni._atomic import write_atomic
 
 CONF_FILENAME = "10-containerd-net.conflist"
 
@@ -53,7 +53,7 @@ def write_conf(conf_dir: str, template_path: str, pod_cidrs: Sequence[str]) -> s
         text = render(f.read(), template_values(pod_cidrs))
     os.makedirs(conf_dir, exist_ok=True)
     path = os.path.join(conf_dir, CONF_FILENAME)
-    write_atomically(path, text.encode(), 0o644)
+    write_atomic(path, text.encode(), mode=0o644)
     return path
 
 

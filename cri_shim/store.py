@@ -17,9 +17,10 @@ import dataclasses
 import json
 import logging
 import os
-import tempfile
 from dataclasses import dataclass, field
 from typing import Any, Iterator, Protocol
+
+from cni._atomic import write_atomic
 
 log = logging.getLogger(__name__)
 
@@ -87,23 +88,6 @@ class SandboxRecord:
         return cls(**d)
 
 
-def write_atomically(path: str, data: bytes, mode: int) -> None:
-    """Write *path* so readers see the old or the new content, never a part."""
-    directory, name = os.path.split(path)
-    fd, tmp = tempfile.mkstemp(dir=directory or ".", prefix=f".{name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            os.fchmod(f.fileno(), mode)
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
-
-
 class Store(Protocol):
     """What the sandbox manager needs from persistence (tests use an in-memory one)."""
 
@@ -124,7 +108,7 @@ class FileStore:
 
     def put(self, rec: SandboxRecord) -> None:
         data = json.dumps(rec.to_json(), separators=(",", ":")).encode()
-        write_atomically(self._path(rec.id), data, 0o600)
+        write_atomic(self._path(rec.id), data, mode=0o600)
 
     def delete(self, sandbox_id: str) -> None:
         try:

@@ -20,6 +20,7 @@ import json
 import os
 import re
 
+from cni._atomic import write_atomic as _write_atomic
 from cni._frozen import Frozen
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing
@@ -145,47 +146,9 @@ def write_conflist(conf_dir: str, name: str = CONFLIST_NAME, *,
 
 
 def write_atomic(path: str, data: bytes, *, mode: int = 0o644, keep_mode: bool = False) -> None:
-    """Write *data* to a temp file beside *path*, fsync, ``os.replace``, fsync the dir:
-    readers see the old file or the new one, never a torn one."""
-    directory = os.path.dirname(path) or "."
-    os.makedirs(directory, mode=0o755, exist_ok=True)
-    if keep_mode:
-        try:
-            mode = os.stat(path).st_mode & 0o7777
-        except FileNotFoundError:
-            pass
-    fd, tmp = _create_temp(directory, "." + os.path.basename(path) + ".")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fchmod(f.fileno(), mode)   # not subject to the umask (renameio.IgnoreUmask)
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
-    dir_fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
-
-
-def _create_temp(directory: str, prefix: str) -> tuple[int, str]:
-    """``tempfile.mkstemp`` without importing tempfile (plugin start-up): an
-    ``O_EXCL`` file, 0600, under a random name; retried on a name clash."""
-    flags = os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
-    for _ in range(100):
-        path = os.path.join(directory, prefix + os.urandom(6).hex())
-        try:
-            return os.open(path, flags, 0o600), path
-        except FileExistsError:
-            continue
-    raise FileExistsError(errno_mod.EEXIST, "No usable temporary file name found")
+    """flannel's writes (subnet.env, the conflist, the plugin's saved delegate): atomic
+    and fsync'ed, file and directory (``cni._atomic.write_atomic`` with durable)."""
+    _write_atomic(path, data, mode=mode, durable=True, keep_mode=keep_mode)
 
 
 # -- reading: flannel cni-plugin's loadFlannelSubnetEnv --------------------------------

@@ -21,13 +21,14 @@ import fcntl
 import json
 import logging
 import os
-import tempfile
 import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import replace
 from ipaddress import IPv4Network, IPv6Network, ip_network
 from pathlib import Path
 from typing import Any
+
+from cni._atomic import write_atomic
 
 from . import flanneljson
 from .allocator import RangeAllocator, allocate_podcidrs
@@ -232,22 +233,7 @@ class FileLeaseStore:
                                                         for other in live.values())}
         data = json.dumps(doc, indent=2).encode() + b"\n"
         try:
-            fd, tmp = tempfile.mkstemp(dir=self.path.parent, prefix=f".{self.path.name}.")
-            try:
-                with os.fdopen(fd, "wb") as f:     # mkstemp: mode 0600
-                    f.write(data)
-                    f.flush()
-                    os.fsync(f.fileno())
-                os.replace(tmp, self.path)
-            except BaseException:
-                with contextlib.suppress(OSError):
-                    os.unlink(tmp)
-                raise
-            dir_fd = os.open(self.path.parent, os.O_RDONLY | os.O_DIRECTORY)
-            try:
-                os.fsync(dir_fd)
-            finally:
-                os.close(dir_fd)
+            write_atomic(str(self.path), data, mode=0o600, durable=True)
         except OSError as exc:
             raise StoreUnavailable(f"{self.path}: {exc}") from exc
 

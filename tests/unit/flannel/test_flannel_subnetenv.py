@@ -166,13 +166,13 @@ def test_go_scanner_details(tmp_path):
     assert env.mtu == 1450 and env.ipmasq is False
 
 
-def test_reader_imports_nothing_but_the_stdlib_and_cnis_frozen():
+def test_reader_imports_nothing_but_the_stdlib_and_cnis_lean_helpers():
     code = ("import sys, flannel.subnetenv; "
             "print(sorted(m for m in sys.modules if m.split('.')[0] in "
             "('flannel', 'nodeipam', 'pyroute2', 'cni', 'cri_shim', 'grpc', 'yaml')))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
                          cwd=os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(__file__)))))
-    assert out.stdout.strip() == "['cni', 'cni._frozen', 'flannel', 'flannel.subnetenv']"
+    assert out.stdout.strip() == "['cni', 'cni._atomic', 'cni._frozen', 'flannel', 'flannel.subnetenv']"
 
 
 # -- the conflist (kube-flannel.yml ConfigMap kube-flannel-cfg, cni-conf.json) -------
