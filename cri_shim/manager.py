@@ -230,7 +230,8 @@ class SandboxManager:
             self._netns.pin(rec.netns_path, loopback_up=self.config.cni.use_internal_loopback)
             results = self.network.setup(planned, spec.network, rec.id, rec.netns_path)
             results_json = {ifname: result_json(r) for ifname, r in results.items()}
-            if not pod_ips(results_json, self.config.cni.ip_pref):
+            ips = pod_ips(results_json, self.config.cni.ip_pref)
+            if not ips:
                 # containerd: "failed to find network info for sandbox"; kubelet would
                 # recreate an IP-less sandbox forever.
                 raise cni.CNIError(cni.ERR_UNKNOWN, "no IP address on eth0 in the CNI result",
@@ -251,6 +252,7 @@ class SandboxManager:
                                    cni.CNIError(cni.ERR_IO_FAILURE, str(exc))) from exc
             raise
         entry.record = rec.replace(state=READY, results=results_json)
+        self._ips[rec.id] = (entry.record, ips)   # parsed once, here (see ips())
         self.store.put(entry.record)
 
     # -- StopPodSandbox / RemovePodSandbox ---------------------------------------
