@@ -83,10 +83,10 @@ def parse(text: str, *, source: str) -> Config:
     except tomllib.TOMLDecodeError as exc:
         raise ConfigFileError(f"{source}: invalid TOML: {exc}") from exc
     reader = _Reader(source)
+    _refuse_version1(doc, source)
     version = doc.get("version", 2)
     if version not in (2, 3):
-        raise ConfigFileError(f"{source}: unsupported config version {version!r} (want 2 or 3; "
-                              "version 1's [plugins.cri] layout is not read)")
+        raise ConfigFileError(f"{source}: unsupported config version {version!r} (want 2 or 3)")
     grpc_table = reader.table(doc, "grpc")
     plugins = reader.table(doc, "plugins")
     cri_table, cri_name = _cri_table(reader, plugins, version)
@@ -100,6 +100,26 @@ def parse(text: str, *, source: str) -> Config:
         source=source,
     )
     return cfg
+
+
+def _refuse_version1(doc: Mapping[str, Any], source: str) -> None:
+    """containerd reads a file without ``version`` as version 1, whose CRI settings
+    live in ``[plugins.cri]``; we read only versions 2 and 3, so such a file (or an
+    explicit ``version = 1``) is refused with the tables to move, never half-read."""
+    plugins = doc.get("plugins")
+    legacy = plugins.get("cri") if isinstance(plugins, dict) else None
+    if doc.get("version") != 1 and ("version" in doc or legacy is None):
+        return
+    moves = []
+    if isinstance(legacy, dict):
+        subtables = sorted(k for k, v in legacy.items() if isinstance(v, dict))
+        moves = [f'[plugins.cri.{k}] to [plugins."{V2_CRI}".{k}]' for k in subtables]
+        if any(not isinstance(v, dict) for v in legacy.values()):
+            moves.insert(0, f'the keys of [plugins.cri] to [plugins."{V2_CRI}"]')
+    how = ("move " + ", ".join(moves) + " and add `version = 2`") if moves else \
+        f'move [plugins.cri] to [plugins."{V2_CRI}"] and add `version = 2`'
+    raise ConfigFileError(f"{source}: a containerd version 1 config (no `version` key, CRI "
+                          f"settings in [plugins.cri]) is not read: {how}")
 
 
 def _cri_table(reader: "_Reader", plugins: Mapping[str, Any], version: int) -> tuple[dict, str]:

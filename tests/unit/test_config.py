@@ -69,6 +69,17 @@ def test_systemd_cgroup_from_runc_options() -> None:
     ('[plugins."io.containerd.grpc.v1.cri".cni]\n[plugins."io.containerd.cri.v1.runtime".cni]\n',
      "both"),
     ("version = 7\n", "unsupported config version"),
+    # containerd's version 1 layout: no version key, [plugins.cri]; never half-read.
+    ('[plugins.cri.cni]\nbin_dir = "/a"\nconf_dir = "/b"\n',
+     'version 1 config (no `version` key, CRI settings in [plugins.cri]) is not read: '
+     'move [plugins.cri.cni] to [plugins."io.containerd.grpc.v1.cri".cni] and add `version = 2`'),
+    ('[plugins.cri]\nsandbox_image = "p"\n[plugins.cri.cni]\nconf_dir = "/b"\n'
+     '[plugins.cri.registry]\nconfig_path = "/r"\n',
+     "the keys of [plugins.cri] to [plugins.\"io.containerd.grpc.v1.cri\"], [plugins.cri.cni] to "
+     '[plugins."io.containerd.grpc.v1.cri".cni], [plugins.cri.registry] to '
+     '[plugins."io.containerd.grpc.v1.cri".registry]'),
+    ('version = 1\n[plugins.cri.cni]\nconf_dir = "/b"\n', "version 1 config"),
+    ('version = 1\n', "version 1 config"),
     ('[grpc]\naddress = 5\n', "grpc.address must be a string"),
 ])
 def test_bad_config_names_what_is_wrong(text: str, words: str) -> None:
