@@ -98,18 +98,22 @@ def _normalize(rt: RuntimeConf) -> RuntimeConf:
 
 
 def _stdin(net: NetworkConfigList, plugin: PluginConf, *,
-           prev_result: Mapping[str, Any] | None = None,
+           prev_result: Result | None = None,
            rt: RuntimeConf | None = None, extra: Mapping[str, Any] | None = None) -> bytes:
     conf: dict[str, Any] = dict(plugin.raw)
     conf["name"] = net.name
     conf["cniVersion"] = net.cni_version
-    if prev_result is not None:
-        conf["prevResult"] = prev_result
+    runtime_config: dict[str, Any] = {}
     if rt is not None:
         runtime_config = {cap: rt.capability_args[cap] for cap in sorted(plugin.capabilities)
                           if rt.capability_args.get(cap) is not None}
         if runtime_config:
             conf["runtimeConfig"] = runtime_config
+    if prev_result is not None:
+        # libcni injects the typed result (buildOneConfig): a 0.x result marshals in its
+        # structs' field order, unless runtimeConfig is injected too, which re-parses
+        # the whole config into a map (injectRuntimeConfig) and so sorts it.
+        conf["prevResult"] = prev_result.to_dict() if runtime_config else prev_result.to_go()
     conf.update(extra or {})
     # libcni marshals a Go map: compact, keys sorted at every level.
     return gojson.marshal(conf)
@@ -162,7 +166,7 @@ class CNIConfig:
         rt = _normalize(rt)
         result: Result | None = None
         for plugin in net.plugins:
-            prev = _as_version(result, net.cni_version) if result is not None else None
+            prev = _in_version(result, net.cni_version) if result is not None else None
             result = self._run(net, plugin, "ADD", rt, _stdin(net, plugin, prev_result=prev, rt=rt))
         if result is None:
             raise ConfigError("no plugins in list", net.source)
@@ -190,10 +194,10 @@ class CNIConfig:
             net = self._cached_net(net, entry)
             rt = dataclasses.replace(rt, args=entry.cni_args or rt.args,
                                      capability_args=dict(entry.capability_args))
-        prev: Mapping[str, Any] | None = None
+        prev: Result | None = None
         if entry is not None and entry.result and prev_result_on_del(net.cni_version):
             try:
-                prev = _as_version(_parse_cached(entry.result, net.cni_version), net.cni_version)
+                prev = _in_version(_parse_cached(entry.result, net.cni_version), net.cni_version)
             except CNIError as exc:
                 # libcni also deletes the entry here; we keep it (and its config) until
                 # a DEL succeeds, so a retry still has the cached configuration.
@@ -270,7 +274,7 @@ class CNIConfig:
             return
         rt = _normalize(rt)
         cached = self.get_cached_result(net, rt)
-        prev = _as_version(cached, net.cni_version) if cached is not None else None
+        prev = _in_version(cached, net.cni_version) if cached is not None else None
         for plugin in net.plugins:
             self._run(net, plugin, "CHECK", rt, _stdin(net, plugin, prev_result=prev, rt=rt))
 
@@ -346,14 +350,14 @@ class CNIConfig:
         _raise_all(errors)
 
 
-def _as_version(result: Result, version: str) -> dict[str, Any]:
-    """*result* on the wire at *version*; in its own version if it cannot convert."""
+def _in_version(result: Result, version: str) -> Result:
+    """*result* converted to *version*; as it is if it cannot convert."""
     if not version:
-        return result.to_dict()
+        return result
     try:
-        return result.to_dict(version)
+        return result.convert(version)
     except ValueError:
-        return result.to_dict()
+        return result
 
 
 def _parse_cached(raw: Mapping[str, Any], version: str) -> Result:

@@ -10,6 +10,10 @@ again (``libcni/conf.go`` ``InjectConf``), so what a plugin receives is:
 * strings with ``<``, ``>``, ``&``, U+2028 and U+2029 escaped as ``\\u003c`` etc., control
   characters as ``\\n``/``\\r``/``\\t`` or ``\\u00XX`` (never ``\\b``/``\\f``).
 
+A value Go marshals from a *struct* rather than a map keeps its fields in declaration
+order: wrap it in ``Struct`` (a dict whose insertion order is kept), as the 0.x result
+types in a ``prevResult`` and flannel's delegate routes are.
+
 Known gaps, all in inputs no real config has: integers beyond 2**53 are printed from
 their float64 value as Go does, but a file whose integer was already rounded by another
 Go program round-trips differently; invalid UTF-8 is replaced on decode, as Go does.
@@ -25,7 +29,7 @@ TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (plugin s
 if TYPE_CHECKING:
     from typing import Any
 
-__all__ = ["marshal", "marshal_fields", "loads"]
+__all__ = ["Struct", "marshal", "marshal_indent", "marshal_fields", "loads"]
 
 _ESCAPES: dict[int, str] = {
     ord('"'): '\\"',
@@ -41,6 +45,10 @@ _ESCAPES: dict[int, str] = {
 }
 for _c in range(0x20):
     _ESCAPES.setdefault(_c, f"\\u{_c:04x}")
+
+
+class Struct(dict):  # type: ignore[type-arg]
+    """An object Go marshals from a struct: keys in insertion order, not sorted."""
 
 
 def _string(s: str) -> str:
@@ -82,7 +90,9 @@ def _encode(value: Any, out: list[str]) -> None:
     elif isinstance(value, Mapping):
         out.append("{")
         first = True
-        for key in sorted(value, key=lambda k: str(k).encode("utf-8", "surrogatepass")):
+        keys = value if isinstance(value, Struct) else sorted(
+            value, key=lambda k: str(k).encode("utf-8", "surrogatepass"))
+        for key in keys:
             if not first:
                 out.append(",")
             first = False
@@ -105,6 +115,47 @@ def marshal(value: Any) -> bytes:
     """Encode *value* like Go's ``json.Marshal`` of the equivalent ``interface{}`` tree."""
     out: list[str] = []
     _encode(value, out)
+    return "".join(out).encode("utf-8", "surrogatepass")
+
+
+def marshal_indent(value: Any, indent: str = "    ") -> bytes:
+    """``json.MarshalIndent(value, "", indent)``: ``marshal`` laid out as Go's
+    ``json.Indent`` does (one element per line, ``": "`` after keys, empty objects
+    and arrays kept as ``{}`` and ``[]``, no trailing newline)."""
+    compact = marshal(value).decode("utf-8", "surrogatepass")
+    out: list[str] = []
+    depth = 0
+    in_string = escaped = False
+    n = len(compact)
+    i = 0
+    while i < n:
+        c = compact[i]
+        out.append(c)
+        if in_string:
+            if escaped:
+                escaped = False
+            elif c == "\\":
+                escaped = True
+            elif c == '"':
+                in_string = False
+        elif c == '"':
+            in_string = True
+        elif c in "{[":
+            if i + 1 < n and compact[i + 1] in "}]":
+                out.append(compact[i + 1])
+                i += 1
+            else:
+                depth += 1
+                out.append("\n" + indent * depth)
+        elif c in "}]":
+            out.pop()
+            depth -= 1
+            out.append("\n" + indent * depth + c)
+        elif c == ",":
+            out.append("\n" + indent * depth)
+        elif c == ":":
+            out.append(" ")
+        i += 1
     return "".join(out).encode("utf-8", "surrogatepass")
 
 

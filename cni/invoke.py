@@ -41,9 +41,6 @@ if TYPE_CHECKING:
 __all__ = ["ExecOutput", "Exec", "RawExec", "PluginInfo", "find_plugin", "build_env",
            "decode_output", "exec_plugin", "get_version_info"]
 
-_STDERR_TAIL_LINES = 10
-_STDERR_TAIL_CHARS = 2000
-
 if not TYPE_CHECKING:
     def __getattr__(name: str) -> object:
         # PEP 562: ``Exec``, a typing.Protocol, is loaded when first asked for (cni.api).
@@ -179,20 +176,64 @@ def build_env(command: str, container_id: str = "", netns: str = "", ifname: str
     return env
 
 
+# Go's syscall signal texts (zerrors_linux), where glibc's strsignal differs by more
+# than the capital letter.
+_GO_SIGNALS = {"CPU time limit exceeded": "CPU time limit exceeded",
+               "I/O possible": "I/O possible"}
+
+
 def _exit_status(returncode: int) -> str:
+    """``exec.ExitError.Error()``: ``exit status N`` or ``signal: killed``."""
     if returncode < 0:
         import signal
-        try:
-            return f"killed by {signal.Signals(-returncode).name}"
-        except ValueError:
-            return f"killed by signal {-returncode}"
+        text = signal.strsignal(-returncode) or f"signal {-returncode}"
+        text = _GO_SIGNALS.get(text, text[:1].lower() + text[1:])
+        return f"signal: {text}"
     return f"exit status {returncode}"
 
 
-def _tail(data: bytes) -> str:
-    lines = data.decode("utf-8", "replace").strip().splitlines()
-    text = "\n".join(lines[-_STDERR_TAIL_LINES:])
-    return text[-_STDERR_TAIL_CHARS:]
+def _go_quote(data: bytes) -> str:
+    """Go's ``%q`` of a byte string (``strconv.Quote``): printable runes as they are,
+    the usual backslash escapes, ``\\xNN`` for bytes that are not UTF-8."""
+    out = ['"']
+    for ch in data.decode("utf-8", "surrogateescape"):
+        code = ord(ch)
+        if ch in _QUOTE_ESCAPES:
+            out.append(_QUOTE_ESCAPES[ch])
+        elif 0xDC80 <= code <= 0xDCFF:   # an undecodable byte
+            out.append(f"\\x{code - 0xDC00:02x}")
+        elif ch.isprintable() or ch == " ":
+            out.append(ch)
+        elif code < 0x80:
+            out.append(f"\\x{code:02x}")
+        elif code <= 0xFFFF:
+            out.append(f"\\u{code:04x}")
+        else:
+            out.append(f"\\U{code:08x}")
+    out.append('"')
+    return "".join(out)
+
+
+_QUOTE_ESCAPES = {'"': '\\"', "\\": "\\\\", "\a": "\\a", "\b": "\\b", "\f": "\\f",
+                  "\n": "\\n", "\r": "\\r", "\t": "\\t", "\v": "\\v"}
+
+
+def _with_stderr(details: str, stderr: bytes) -> str:
+    """*details* plus the last lines of *stderr* (ten lines, 2000 characters at most)."""
+    tail = "\n".join(stderr.decode("utf-8", "replace").strip().splitlines()[-10:])[-2000:]
+    if not tail:
+        return details
+    return f"{details}; stderr: {tail}" if details else f"stderr: {tail}"
+
+
+def _go_syntax_error(data: bytes, exc: ValueError) -> str:
+    """Go's text for the commonest syntax error (a first character no JSON value
+    starts with); Python's own message otherwise."""
+    text = data.decode("utf-8", "replace").lstrip(" \t\r\n")
+    if text and text[0] not in '{["-0123456789tfn':
+        char = text[0] if text[0] != "'" else "\\'"
+        return f"invalid character '{char}' looking for beginning of value"
+    return str(exc)
 
 
 def _snippet(data: bytes, limit: int = 200) -> str:
@@ -200,35 +241,47 @@ def _snippet(data: bytes, limit: int = 200) -> str:
     return text if len(text) <= limit else text[:limit] + "..."
 
 
-def _with_stderr(details: str, stderr: bytes) -> str:
-    tail = _tail(stderr)
-    if not tail:
-        return details
-    return f"{details}; stderr: {tail}" if details else f"stderr: {tail}"
-
-
 def _failure(output: ExecOutput, plugin: str, command: str) -> PluginError:
+    """A failed run as libcni's ``pluginErr`` (``pkg/invoke/raw_exec.go``) sees it:
+    the error object on stdout, or code 0 with libcni's own message."""
     status = _exit_status(output.returncode)
-    if not output.stdout.strip():
-        return InvalidPluginOutput(ERR_UNKNOWN, f"{status} with no error message",
-                                   _with_stderr("", output.stderr),
-                                   plugin=plugin, command=command)
+    if not output.stdout:
+        msg = (f"netplugin failed: {_go_quote(output.stderr)}" if output.stderr else
+               f"netplugin failed with no error message: {status}")
+        return InvalidPluginOutput(ERR_UNKNOWN, msg, plugin=plugin, command=command)
     try:
         obj = gojson.loads(output.stdout)
-    except ValueError:
-        obj = None
-    code = obj.get("code", 0) if isinstance(obj, dict) else None
-    msg = obj.get("msg", "") if isinstance(obj, dict) else None
-    details = obj.get("details", "") if isinstance(obj, dict) else None
-    if (not isinstance(code, int) or isinstance(code, bool) or code < 0
-            or not isinstance(msg, str) or not isinstance(details, str)):
+        if obj is None:
+            obj = {}   # Go: unmarshalling null into a struct leaves it as it is
+        problem = "" if isinstance(obj, dict) else (
+            f"json: cannot unmarshal {_go_type(obj)} into Go value of type types.Error")
+    except ValueError as exc:
+        obj, problem = None, _go_syntax_error(output.stdout, exc)
+    if isinstance(obj, dict):
+        code, msg, details = obj.get("code", 0), obj.get("msg", ""), obj.get("details", "")
+        if not isinstance(code, int) or isinstance(code, bool) or code < 0:
+            problem = f"json: cannot unmarshal {_go_type(code)} into Go struct field Error.code of type uint"
+        elif not isinstance(msg, str) or not isinstance(details, str):
+            field, value = ("msg", msg) if not isinstance(msg, str) else ("details", details)
+            problem = (f"json: cannot unmarshal {_go_type(value)} into Go struct field "
+                       f"Error.{field} of type string")
+    if problem:
         return InvalidPluginOutput(
-            ERR_UNKNOWN, f"{status}, and its stdout is not a CNI error object",
-            _with_stderr(f"stdout: {_snippet(output.stdout)}", output.stderr),
-            plugin=plugin, command=command)
+            ERR_UNKNOWN, "netplugin failed but error parsing its diagnostic message "
+            f"{_go_quote(output.stdout)}: {problem}", plugin=plugin, command=command)
     if not msg:
         msg = f"{status} with an empty error message"
     return PluginError(code, msg, details, plugin=plugin, command=command)
+
+
+def _go_type(value: object) -> str:
+    if isinstance(value, bool):
+        return "bool"
+    if isinstance(value, (int, float)):
+        return "number"
+    if isinstance(value, str):
+        return "string"
+    return "array" if isinstance(value, list) else ("null" if value is None else "object")
 
 
 def decode_output(output: ExecOutput, *, plugin: str, command: str,

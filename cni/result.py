@@ -183,6 +183,15 @@ class Result(Frozen):
         out["dns"] = self.dns.to_dict()
         return out
 
+    def to_go(self, version: str | None = None) -> dict[str, Any]:
+        """``to_dict(version)`` ordered as libcni's Go result type marshals it: the
+        0.x types (``types020``/``types040``) have no ``MarshalJSON``, so every object
+        keeps its struct's field order (``gojson.Struct``); ``types100``'s goes through
+        a map, so its keys are sorted like any other object's."""
+        out = self.to_dict(version)
+        family = result_family(self.cni_version if version is None else version)
+        return out if family == "1.0" else _structs(out)
+
     def to_json(self, version: str | None = None) -> bytes:
         """``to_dict(version)`` encoded as libcni would (compact, keys sorted)."""
         return gojson.marshal(self.to_dict(version))
@@ -213,6 +222,14 @@ class Result(Frozen):
                 if iface.sandbox and (ifname is None or iface.name == ifname):
                     chosen.append(ip)
         return tuple(sorted(chosen, key=lambda ip: ip.version))
+
+
+def _structs(value: Any) -> Any:
+    if isinstance(value, dict):
+        return gojson.Struct((k, _structs(v)) for k, v in value.items())
+    if isinstance(value, list):
+        return [_structs(v) for v in value]
+    return value
 
 
 def _interface_dict(iface: Interface, *, full: bool) -> dict[str, Any]:

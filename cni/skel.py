@@ -12,11 +12,15 @@ raw bytes, or None) or raises ``CNIError``; any other exception becomes code 999
 (skel's ``ErrInternal``). Errors are printed as the spec's error object and the exit
 code is 1.
 
-Deliberate differences from skel: VERSION answers with the stdin config's
-``cniVersion`` when the plugin supports it (skel always prints its library version);
-the error object carries ``cniVersion`` (SPEC.md "Error"; skel prints only
-code/msg/details); the "CNI_NETNS is the plugin's own netns" check (code 8) runs
-before ADD/DEL rather than after, so a misdirected ADD never touches this namespace.
+Output is skel's byte for byte: VERSION prints ``{"cniVersion":<the library's
+current version>,"supportedVersions":[...]}`` and a newline whatever stdin holds; an
+error is ``types.Error`` pretty-printed (``code``, ``msg``, ``details`` if set, four
+spaces, Go's escaping, no newline); a result is ``types.PrettyPrint`` of its Go type
+(``Result.to_go``).
+
+One deliberate difference from skel: the "CNI_NETNS is the plugin's own netns" check
+(code 8) runs before ADD/DEL rather than after, so a misdirected ADD never touches this
+namespace.
 
 Standard library and ``cni`` only: plugins start once per pod operation.
 """
@@ -34,7 +38,7 @@ from ._frozen import Frozen
 from .errors import (ERR_DECODING_FAILURE, ERR_INCOMPATIBLE_VERSION, ERR_INTERNAL,
                      ERR_INVALID_ENV, ERR_INVALID_NETNS, ERR_INVALID_NETWORK_CONFIG,
                      ERR_IO_FAILURE, CNIError)
-from .version import parse_version, version_ge
+from .version import CURRENT_VERSION, version_ge
 
 # A plugin starts once per pod operation: typing, cni.result (only a command that
 # returns a Result has loaded it) and traceback (an unexpected exception) are not
@@ -225,12 +229,10 @@ def _read_env(environ: Mapping[str, str]) -> tuple[str, dict[str, str]]:
     return command, values
 
 
-def _read_stdin(stdin: IO[bytes] | bytes | None, *, skip_tty: bool = False) -> bytes:
+def _read_stdin(stdin: IO[bytes] | bytes | None) -> bytes:
     if isinstance(stdin, (bytes, bytearray)):
         return bytes(stdin)
     stream = stdin if stdin is not None else sys.stdin.buffer
-    if skip_tty and stream.isatty():
-        return b""
     try:
         return stream.read()
     except OSError as exc:
@@ -241,25 +243,17 @@ def _render(output: Any) -> bytes:
     """What a command returned, as Go's ``types.PrettyPrint`` writes it."""
     result = sys.modules.get("cni.result")  # no Result exists unless it was loaded
     if result is not None and isinstance(output, result.Result):
-        output = output.to_dict()
+        output = output.to_go()
     if isinstance(output, (bytes, bytearray)):
         return bytes(output)
     if isinstance(output, str):
         return output.encode()
-    return json.dumps(output, indent=4, ensure_ascii=False).encode()
+    return gojson.marshal_indent(output)
 
 
-def _version_answer(stdin: IO[bytes] | bytes | None, supported: Sequence[str]) -> bytes:
-    latest = max(supported, key=parse_version)
-    version = latest
-    try:
-        conf = gojson.loads(_read_stdin(stdin, skip_tty=True) or b"{}")
-        asked = config_field(conf, "cniVersion") if isinstance(conf, dict) else None
-        if isinstance(asked, str) and asked in supported:
-            version = asked
-    except (ValueError, OSError, AttributeError, CNIError):
-        pass  # VERSION must answer whatever stdin holds; skel does not even read it
-    return gojson.marshal_fields([("cniVersion", version),
+def _version_answer(supported: Sequence[str]) -> bytes:
+    # version.PluginSupports: cniVersion is always the library's version.Current().
+    return gojson.marshal_fields([("cniVersion", CURRENT_VERSION),
                                   ("supportedVersions", list(supported))]) + b"\n"
 
 
@@ -286,8 +280,6 @@ def plugin_main(add: CommandFunc, del_: CommandFunc, check: CommandFunc | None =
     supported = list(supported_versions)
     if not supported:
         raise ValueError("a plugin must support at least one version")
-    latest = max(supported, key=parse_version)
-    error_version = latest
     try:
         try:
             command, values = _read_env(env)
@@ -298,7 +290,7 @@ def plugin_main(add: CommandFunc, del_: CommandFunc, check: CommandFunc | None =
                 return 0
             raise
         if command == "VERSION":
-            out.write(_version_answer(stdin, supported))
+            out.write(_version_answer(supported))
             out.flush()
             return 0
         data = _read_stdin(stdin)
@@ -307,8 +299,6 @@ def plugin_main(add: CommandFunc, del_: CommandFunc, check: CommandFunc | None =
         if command not in funcs:
             raise CNIError(ERR_INVALID_ENV, f"unknown CNI_COMMAND: {command}")
         version = _config_version(conf)
-        if version in supported:
-            error_version = version
         if command in _FLOOR:
             _check_floor(command, version, supported)
         _check_version(version, supported)
@@ -331,7 +321,7 @@ def plugin_main(add: CommandFunc, del_: CommandFunc, check: CommandFunc | None =
         import traceback
         traceback.print_exc(file=err_out)
         error = CNIError(ERR_INTERNAL, str(exc) or type(exc).__name__)
-    obj = {"cniVersion": error_version, **error.to_dict()}
-    out.write(json.dumps(obj, indent=4, ensure_ascii=False).encode())
+    # types.Error.Print: {code, msg, details (omitempty)} in struct order.
+    out.write(gojson.marshal_indent(gojson.Struct(error.to_dict())))
     out.flush()
     return 1

@@ -11,10 +11,18 @@ nothing, as flannel's ``cmdCheck`` (a TODO upstream). Errors that flannel builds
 a delegate's own error object is passed on unchanged (skel does not wrap a
 ``types.Error``).
 
+Every message, the VERSION answer and the ``about`` line follow flannel-io/cni-plugin
+v1.9.1 (built on libcni v1.3.0's skel), including what it writes to stderr: the
+``delegateAdd: netconf sent to delegate plugin:`` line on ADD and a successful
+delegate's own stderr.
+
 Deliberate differences: the saved config is written atomically (temp file, fsync,
-rename) rather than truncated in place; and it is kept when the delegate's DEL fails,
+rename) rather than truncated in place; it is kept when the delegate's DEL fails,
 so a retried DEL still reaches the delegate (flannel's deferred cleanup meant that,
-but its current ``doCmdDel`` removes the file whatever the delegate answered).
+but its current ``doCmdDel`` removes the file whatever the delegate answered); a
+``subnet.env`` key without ``=`` is an error naming it (flannel panics); and ADD's
+stderr leaves out flannel's Go-syntax dump of the delegate map (``%#v``, which prints
+pointer addresses), keeping the JSON line after it.
 
 Started once per pod ADD/DEL: imports only the standard library, ``cni``,
 ``flannel.subnetenv`` and (to run the delegate) ``flannel.spawn``, and of those only
@@ -34,7 +42,7 @@ from collections.abc import Mapping, Sequence
 from cni import gojson
 from cni._frozen import Frozen
 from cni.errors import ERR_INTERNAL, CNIError, PluginNotFound
-from cni.invoke import exec_plugin
+from cni.invoke import decode_output
 from cni.skel import CmdArgs, config_field, go_json_type, plugin_main
 from cni.version import SUPPORTED_VERSIONS
 from flannel.subnetenv import SubnetEnv, SubnetEnvError, read_subnet_env, write_atomic
@@ -49,9 +57,19 @@ if TYPE_CHECKING:
 __all__ = ["DEFAULT_SUBNET_FILE", "DEFAULT_DATA_DIR", "ABOUT", "NetConf", "load_netconf",
            "build_delegate", "delegate_bytes", "cmd_add", "cmd_del", "run", "main"]
 
+
+def _goarch() -> str:
+    machine = os.uname().machine
+    return {"x86_64": "amd64", "aarch64": "arm64", "armv7l": "arm", "i686": "386",
+            "ppc64le": "ppc64le", "s390x": "s390x", "riscv64": "riscv64"}.get(machine, machine)
+
+
 DEFAULT_SUBNET_FILE = "/run/flannel/subnet.env"
 DEFAULT_DATA_DIR = "/var/lib/cni/flannel"
-ABOUT = "CNI Plugin flannel (cri-shim's port of flannel-io/cni-plugin)"
+# skel's BuildString("flannel") for the release whose behaviour this port follows; the
+# commit field names us.
+UPSTREAM_VERSION = "v1.9.1"
+ABOUT = f"CNI Plugin flannel version {UPSTREAM_VERSION} (linux/{_goarch()}) commit cri-shim"
 
 # flannel's NetConf, with the Go type named in json's "cannot unmarshal" message.
 _FIELDS: dict[str, tuple[type, str]] = {
@@ -62,10 +80,6 @@ _FIELDS: dict[str, tuple[type, str]] = {
     "delegate": (dict, "map[string]interface {}"),
     "runtimeConfig": (dict, "map[string]interface {}"),
 }
-
-
-class _GoStruct(dict):  # type: ignore[type-arg]
-    """An object Go marshals from a struct: fields in declaration order, not sorted."""
 
 
 class NetConf(Frozen):
@@ -97,6 +111,9 @@ def _internal(msg: str) -> CNIError:
 
 def _go_oserror(op: str, path: str, exc: OSError) -> str:
     # Go's *PathError: "open <path>: <strerror>", the C text lower-cased at the start.
+    # Go opens a directory fine and fails reading it; Python fails at open.
+    if exc.errno == errno.EISDIR and op == "open":
+        op = "read"
     text = os.strerror(exc.errno) if exc.errno in errno.errorcode else str(exc)
     return f"{op} {path}: {text[:1].lower() + text[1:]}"
 
@@ -119,11 +136,35 @@ def load_netconf(data: bytes) -> NetConf:
                              f"{go_json_type(value)} into Go struct field NetConf.{key} "
                              f"of type {go_type}")
         values[key] = value
+    _check_nested(values["capabilities"], values["dns"])
     return NetConf(name=values["name"] or "", cni_version=values["cniVersion"] or "",
                    subnet_file=_default(values["subnetFile"], DEFAULT_SUBNET_FILE),
                    data_dir=_default(values["dataDir"], DEFAULT_DATA_DIR),
                    delegate=values["delegate"], ipam=values["ipam"],
                    runtime_config=values["runtimeConfig"])
+
+
+def _check_nested(capabilities: Mapping[str, Any] | None, dns: Mapping[str, Any] | None) -> None:
+    """The element types Go's decoder checks inside ``capabilities`` (map[string]bool)
+    and ``dns`` (types.DNS); its message names the innermost struct and the path."""
+    def fail(value: Any, struct: str, field: str, go_type: str) -> ValueError:
+        return ValueError(f"failed to load netconf: json: cannot unmarshal {go_json_type(value)} "
+                          f"into Go struct field {struct}.{field} of type {go_type}")
+
+    for value in (capabilities or {}).values():
+        if not isinstance(value, bool) and value is not None:
+            raise fail(value, "NetConf", "capabilities", "bool")
+    for key in ("nameservers", "domain", "search", "options"):
+        value = config_field(dns or {}, key)
+        if key == "domain":
+            if value is not None and not isinstance(value, str):
+                raise fail(value, "DNS", f"dns.{key}", "string")
+            continue
+        if value is not None and not isinstance(value, list):
+            raise fail(value, "DNS", f"dns.{key}", "[]string")
+        for item in value or ():
+            if item is not None and not isinstance(item, str):
+                raise fail(item, "DNS", f"dns.{key}", "string")
 
 
 def _default(value: str | None, default: str) -> str:
@@ -180,12 +221,12 @@ def _delegate_ipam(conf: NetConf, fenv: SubnetEnv) -> dict[str, Any]:
         except ValueError as exc:
             raise ValueError(f"failed to read IPAM routes: failed to parse ipam.routes: "
                              f"{exc}") from None
-    routes += [_GoStruct(dst=str(net)) for net in (*fenv.networks, *fenv.ipv6_networks)]
+    routes += [gojson.Struct(dst=str(net)) for net in (*fenv.networks, *fenv.ipv6_networks)]
     ipam["routes"] = routes
     return ipam
 
 
-def _route(value: Any) -> _GoStruct:
+def _route(value: Any) -> gojson.Struct:
     """One ``types.Route`` read and written back by Go: known fields only, ``dst``
     keeping its host bits, zero values omitted (``table``/``scope`` are pointers)."""
     obj = {} if value is None else value
@@ -193,7 +234,7 @@ def _route(value: Any) -> _GoStruct:
         raise ValueError(f"json: cannot unmarshal {go_json_type(obj)} into Go value of "
                          "type types.route")
     present = any(key.casefold() == "dst" for key in obj)
-    out = _GoStruct(dst=_go_cidr(config_field(obj, "dst"), present))
+    out = gojson.Struct(dst=_go_cidr(config_field(obj, "dst"), present))
     gw = config_field(obj, "gw")
     if gw:
         out["gw"] = _go_ip(gw)
@@ -242,17 +283,8 @@ def _go_ip(text: Any) -> str:
 
 def delegate_bytes(delegate: Mapping[str, Any]) -> bytes:
     """The delegate config as flannel's ``json.Marshal`` writes it: compact, map keys
-    sorted, route objects in ``types.Route`` field order."""
-    if isinstance(delegate, _GoStruct):
-        items = list(delegate.items())
-    elif isinstance(delegate, Mapping):
-        items = sorted(delegate.items(), key=lambda kv: str(kv[0]).encode())
-    elif isinstance(delegate, list):
-        return b"[" + b",".join(delegate_bytes(v) for v in delegate) + b"]"
-    else:
-        return gojson.marshal(delegate)
-    return b"{" + b",".join(gojson.marshal(str(k)) + b":" + delegate_bytes(v)
-                            for k, v in items) + b"}"
+    sorted, route objects in ``types.Route`` field order (``gojson.Struct``)."""
+    return gojson.marshal(delegate)
 
 
 def _save(data_dir: str, container_id: str, data: bytes) -> None:
@@ -269,40 +301,51 @@ def _save(data_dir: str, container_id: str, data: bytes) -> None:
 
 
 def _run_delegate(exec_: Exec, command: str, delegate_type: str, data: bytes, args: CmdArgs,
-                  environ: Mapping[str, str], cni_version: str) -> Result | None:
+                  environ: Mapping[str, str], cni_version: str,
+                  stderr: IO[str] | None) -> Result | None:
     # invoke.DelegateAdd/DelegateDel: found via CNI_PATH, run with this process's
-    # environment and CNI_COMMAND replaced; no timeout (context.TODO()).
+    # environment and CNI_COMMAND replaced; no timeout (context.TODO()). RawExec's
+    # Stderr is os.Stderr: a successful delegate's stderr is copied to ours.
     bin_dirs = args.path.split(os.pathsep) if args.path else []
     path = exec_.find_plugin(delegate_type, bin_dirs)
     env = dict(environ)
     env["CNI_COMMAND"] = command
-    return exec_plugin(exec_, plugin=delegate_type, plugin_path=path, command=command,
-                       stdin=data, env=env, timeout=None, cni_version=cni_version)
+    output = exec_.run(path, data, env, None)
+    if output.returncode == 0 and output.stderr:
+        err = stderr or sys.stderr
+        err.write(output.stderr.decode("utf-8", "replace"))
+        err.flush()
+    return decode_output(output, plugin=delegate_type, command=command, cni_version=cni_version)
 
 
-def cmd_add(args: CmdArgs, *, exec_: Exec, environ: Mapping[str, str]) -> Result:
+def cmd_add(args: CmdArgs, *, exec_: Exec, environ: Mapping[str, str],
+            stderr: IO[str] | None = None) -> Result:
     """ADD: build and save the delegate config, run the delegate, return its result."""
     try:
         conf = load_netconf(args.stdin_data)
     except ValueError as exc:
-        raise _internal(f"loadFlannelNetConf failed: {exc}") from None
+        raise _internal(f"failed to load flannel netconf file: {exc}") from None
     try:
         fenv = read_subnet_env(conf.subnet_file)
     except SubnetEnvError as exc:
-        raise _internal(f"loadFlannelSubnetEnv failed: {exc}") from None
+        raise _internal(f"failed to load flannel 'subnet.env' file: {exc}. "
+                        "Check the flannel pod log for this node.") from None
     try:
         delegate = build_delegate(conf, fenv)
     except ValueError as exc:
         raise _internal(str(exc)) from None
     data = delegate_bytes(delegate)
     _save(conf.data_dir, args.container_id, data)
+    err = stderr or sys.stderr
+    err.write("delegateAdd: netconf sent to delegate plugin:\n" + data.decode("utf-8", "replace"))
+    err.flush()
     version = delegate.get("cniVersion")
     try:
         result = _run_delegate(exec_, "ADD", delegate["type"], data, args, environ,
-                               version if isinstance(version, str) else "")
+                               version if isinstance(version, str) else "", stderr)
     except PluginNotFound as exc:
         raise _internal(f"failed to delegate add: {exc.msg}") from None
-    assert result is not None  # exec_plugin returns a result for ADD or raises
+    assert result is not None  # decode_output returns a result for ADD or raises
     return result
 
 
@@ -323,17 +366,17 @@ def cmd_del(args: CmdArgs, *, exec_: Exec, environ: Mapping[str, str],
     except OSError as exc:
         raise _internal(_go_oserror("open", path, exc)) from exc
     try:
-        saved = gojson.loads(data)
-        if not isinstance(saved, dict) or not isinstance(saved.get("type") or "", str):
-            raise ValueError(f"not a network config: {data[:80]!r}")
+        saved = _saved_conf(data)
     except ValueError as exc:
         # flannel: the interface stays on the bridge until the node reboots.
-        print(f"failed to parse netconf: {exc}", file=stderr or sys.stderr)
+        err = stderr or sys.stderr
+        err.write(f"failed to parse netconf: {exc}")  # Go's fmt.Fprintf, no newline
+        err.flush()
         return None
     version = saved.get("cniVersion")
     try:
         _run_delegate(exec_, "DEL", saved.get("type") or "", data, args, environ,
-                      version if isinstance(version, str) else "")
+                      version if isinstance(version, str) else "", stderr)
     except PluginNotFound as exc:
         raise _internal(exc.msg) from None
     try:
@@ -341,6 +384,23 @@ def cmd_del(args: CmdArgs, *, exec_: Exec, environ: Mapping[str, str],
     except OSError:
         pass  # per spec, safe to continue during DEL
     return None
+
+
+def _saved_conf(data: bytes) -> Mapping[str, Any]:
+    """The saved delegate config, decoded as ``json.Unmarshal`` into a
+    ``types.PluginConf`` checks it (the fields DEL reads)."""
+    saved = gojson.loads(data)
+    if saved is None:
+        return {}
+    if not isinstance(saved, dict):
+        raise ValueError(f"json: cannot unmarshal {go_json_type(saved)} into Go value of type "
+                         "types.PluginConf")
+    for key in ("type", "cniVersion", "name"):
+        value = config_field(saved, key)
+        if value is not None and not isinstance(value, str):
+            raise ValueError(f"json: cannot unmarshal {go_json_type(value)} into Go struct "
+                             f"field PluginConf.{key} of type string")
+    return saved
 
 
 def run(*, exec_: Exec | None = None, environ: Mapping[str, str] | None = None,
@@ -356,7 +416,7 @@ def run(*, exec_: Exec | None = None, environ: Mapping[str, str] | None = None,
 
     env = os.environ if environ is None else environ
     return plugin_main(
-        lambda a: cmd_add(a, exec_=runner(), environ=env),
+        lambda a: cmd_add(a, exec_=runner(), environ=env, stderr=stderr),
         lambda a: cmd_del(a, exec_=runner(), environ=env, stderr=stderr),
         lambda a: None,  # flannel's cmdCheck: "TODO: implement"
         supported_versions=SUPPORTED_VERSIONS, about=ABOUT, argv=argv, environ=env,

@@ -171,7 +171,9 @@ def read_subnet_env(path: str = SUBNET_FILE) -> SubnetEnv:
         with open(path, "rb") as f:
             data = f.read()
     except OSError as exc:
-        raise SubnetEnvError(f"open {path}: {_go_strerror(exc)}") from exc
+        # Go opens a directory and fails reading it; Python fails at open.
+        op = "read" if exc.errno == errno_mod.EISDIR else "open"
+        raise SubnetEnvError(f"{op} {path}: {_go_strerror(exc)}") from exc
     fields: dict = {}
     # bufio.Scanner's ScanLines: split on \n, drop one trailing \r.
     lines = data.split(b"\n")

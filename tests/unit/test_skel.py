@@ -73,8 +73,7 @@ def error_of(stdout: bytes) -> dict[str, Any]:
 def test_missing_env_per_command(command: str, missing: str) -> None:
     rc, out, _, plugin = run({"CNI_COMMAND": command} if command else {}, conf("0.4.0"))
     assert rc == 1
-    assert error_of(out) == {"cniVersion": "1.1.0", "code": 4,
-                             "msg": f"required env variables [{missing}] missing"}
+    assert error_of(out) == {"code": 4, "msg": f"required env variables [{missing}] missing"}
     assert plugin.calls == []
 
 
@@ -103,8 +102,7 @@ def test_about_is_printed_when_no_command() -> None:
 def test_invalid_attachment_env(var: str, value: str, code: int, msg: str,
                                 details: str | None) -> None:
     rc, out, _, plugin = run(ENV | {var: value}, conf())
-    # The environment is checked before stdin is read: the error has the latest version.
-    expected = {"cniVersion": "1.1.0", "code": code, "msg": msg}
+    expected = {"code": code, "msg": msg}
     if details:
         expected["details"] = details
     assert rc == 1 and error_of(out) == expected and plugin.calls == []
@@ -145,7 +143,7 @@ def test_version_mismatch(command: str) -> None:
     rc, out, _, plugin = run(ENV | {"CNI_COMMAND": command}, conf("2.0.0"),
                              versions=["0.3.1", "1.0.0"])
     assert rc == 1 and plugin.calls == []
-    assert error_of(out) == {"cniVersion": "1.0.0", "code": 1, "msg": "incompatible CNI versions",
+    assert error_of(out) == {"code": 1, "msg": "incompatible CNI versions",
                              "details": 'config is "2.0.0", plugin supports ["0.3.1" "1.0.0"]'}
 
 
@@ -187,18 +185,19 @@ def test_absent_optional_commands_succeed_silently() -> None:
 
 # --- VERSION -------------------------------------------------------------------------
 
-def test_version_needs_no_other_env_and_echoes_supported_conf_version() -> None:
+def test_version_needs_no_other_env_and_answers_the_library_version() -> None:
+    # skel's PluginInfo.Encode: cniVersion is version.Current() whatever stdin says.
     rc, out, _, plugin = run({"CNI_COMMAND": "VERSION"}, {"cniVersion": "0.4.0"})
     assert rc == 0 and plugin.calls == []
-    assert out == (b'{"cniVersion":"0.4.0","supportedVersions":["0.1.0","0.2.0","0.3.0",'
+    assert out == (b'{"cniVersion":"1.1.0","supportedVersions":["0.1.0","0.2.0","0.3.0",'
                    b'"0.3.1","0.4.0","1.0.0","1.1.0"]}\n')
 
 
 @pytest.mark.parametrize("stdin", [b"", b"garbage", b'{"cniVersion":"9.9.9"}'])
-def test_version_answers_latest_otherwise(stdin: bytes) -> None:
+def test_version_ignores_stdin(stdin: bytes) -> None:
     rc, out, _, _ = run({"CNI_COMMAND": "VERSION"}, stdin, versions=["0.3.1", "1.0.0"])
     assert rc == 0
-    assert json.loads(out) == {"cniVersion": "1.0.0", "supportedVersions": ["0.3.1", "1.0.0"]}
+    assert out == b'{"cniVersion":"1.1.0","supportedVersions":["0.3.1","1.0.0"]}\n'
 
 
 # --- calling the command -------------------------------------------------------------
@@ -214,7 +213,11 @@ def test_add_gets_cmd_args_and_result_is_printed_in_its_version(version: str) ->
                                             "IgnoreUnknown=1;K8S_POD_NAME=p", "/opt/cni/bin",
                                             stdin))]
     assert json.loads(out) == result.to_dict(version)
-    assert out.startswith(b'{\n    "cniVersion"')  # Go's PrettyPrint: four-space indent
+    # types.PrettyPrint: four-space indent; 0.x in struct order, 1.x sorted.
+    assert out.startswith(b'{\n    "cniVersion"')
+    keys = list(json.loads(out))
+    assert keys == (sorted(keys) if version >= "1" else
+                    [k for k in ("cniVersion", "interfaces", "ip4", "ips", "routes", "dns") if k in keys])
 
 
 @pytest.mark.parametrize("answer,expected", [
@@ -232,14 +235,19 @@ def test_cni_error_is_printed_with_exit_1(version: str) -> None:
     error = cni.CNIError(11, "try again", "busy")
     rc, out, _, _ = run(ENV | {"CNI_COMMAND": "DEL"}, conf(version), plugin=Plugin(error))
     assert rc == 1
-    assert out == json.dumps({"cniVersion": version, "code": 11, "msg": "try again",
-                              "details": "busy"}, indent=4).encode()
+    # types.Error.Print: no cniVersion, struct order, no trailing newline.
+    assert out == b'{\n    "code": 11,\n    "msg": "try again",\n    "details": "busy"\n}'
+
+
+def test_error_text_is_escaped_as_go_does() -> None:
+    rc, out, _, _ = run(ENV, conf(), plugin=Plugin(cni.CNIError(7, "a <b> & c")))
+    assert out == b'{\n    "code": 7,\n    "msg": "a \\u003cb\\u003e \\u0026 c"\n}'
 
 
 def test_unexpected_exception_is_code_999() -> None:
     rc, out, err, _ = run(ENV, conf(), plugin=Plugin(RuntimeError("boom")))
     assert rc == 1
-    assert error_of(out) == {"cniVersion": "1.0.0", "code": 999, "msg": "boom"}
+    assert error_of(out) == {"code": 999, "msg": "boom"}
     assert "Traceback" in err and "RuntimeError: boom" in err
 
 

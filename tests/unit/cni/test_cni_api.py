@@ -89,6 +89,62 @@ def test_add_stdin_bytes_are_what_libcni_marshals(config, fake_exec, rt):
         b'"type":"portmap"}')
 
 
+# What libcni v1.3.0 writes for one result, checked with its own code (pkg/types,
+# cacheAdd, InjectConf) on the result {eth0 with mac and sandbox, 10.1.0.2/24 via
+# 10.1.0.1 on interface 0, a default route, no DNS}.
+LIBCNI_RESULT = {"cniVersion": "1.0.0",
+                 "interfaces": [{"name": "eth0", "mac": "aa:bb:cc:dd:ee:ff", "sandbox": "/var/run/netns/x"}],
+                 "ips": [{"address": "10.1.0.2/24", "gateway": "10.1.0.1", "interface": 0}],
+                 "routes": [{"dst": "0.0.0.0/0"}]}
+LIBCNI_BYTES = {
+    # (version) -> (cache file "result" and any prevResult with runtimeConfig,
+    #               prevResult without runtimeConfig: the Go structs' field order)
+    "1.0.0": (b'{"cniVersion":"1.0.0","interfaces":[{"mac":"aa:bb:cc:dd:ee:ff","name":"eth0",'
+              b'"sandbox":"/var/run/netns/x"}],"ips":[{"address":"10.1.0.2/24","gateway":"10.1.0.1",'
+              b'"interface":0}],"routes":[{"dst":"0.0.0.0/0"}]}',) * 2,
+    "0.3.1": (b'{"cniVersion":"0.3.1","dns":{},"interfaces":[{"mac":"aa:bb:cc:dd:ee:ff","name":"eth0",'
+              b'"sandbox":"/var/run/netns/x"}],"ips":[{"address":"10.1.0.2/24","gateway":"10.1.0.1",'
+              b'"interface":0,"version":"4"}],"routes":[{"dst":"0.0.0.0/0"}]}',
+              b'{"cniVersion":"0.3.1","interfaces":[{"name":"eth0","mac":"aa:bb:cc:dd:ee:ff",'
+              b'"sandbox":"/var/run/netns/x"}],"ips":[{"version":"4","interface":0,"address":'
+              b'"10.1.0.2/24","gateway":"10.1.0.1"}],"routes":[{"dst":"0.0.0.0/0"}],"dns":{}}'),
+    "0.2.0": (b'{"cniVersion":"0.2.0","dns":{},"ip4":{"gateway":"10.1.0.1","ip":"10.1.0.2/24",'
+              b'"routes":[{"dst":"0.0.0.0/0"}]}}',
+              b'{"cniVersion":"0.2.0","ip4":{"ip":"10.1.0.2/24","gateway":"10.1.0.1","routes":'
+              b'[{"dst":"0.0.0.0/0"}]},"dns":{}}'),
+}
+LIBCNI_BYTES["1.1.0"] = tuple(b.replace(b"1.0.0", b"1.1.0") for b in LIBCNI_BYTES["1.0.0"])
+LIBCNI_BYTES["0.4.0"] = tuple(b.replace(b"0.3.1", b"0.4.0") for b in LIBCNI_BYTES["0.3.1"])
+
+
+def _between(data: bytes, start: bytes, end: bytes) -> bytes:
+    i = data.index(start) + len(start)
+    return data[i:data.index(end, i)]
+
+
+@pytest.mark.parametrize("version", sorted(LIBCNI_BYTES))
+def test_prev_result_and_cache_bytes_are_libcnis(fake_exec, cache_dir, rt, version):
+    config = cni.CNIConfig(["/opt/cni/bin"], exec=fake_exec, cache_dir=cache_dir)
+    # tuning declares no capability: its prevResult is not re-parsed by a runtimeConfig
+    # injection, so 0.x results keep the Go structs' field order.
+    net = conflist(version, [{"type": "bridge"}, {"type": "tuning"},
+                             {"type": "portmap", "capabilities": {"portMappings": True}}])
+    sorted_bytes, struct_bytes = LIBCNI_BYTES[version]
+    fake_exec.script("bridge", "ADD", result=cni.parse_result(LIBCNI_RESULT).to_dict(version))
+    config.add_network_list(net, rt)
+    _, tuning, portmap = fake_exec.calls
+    assert _between(tuning.stdin_bytes, b'"prevResult":', b',"type"') == struct_bytes
+    assert _between(portmap.stdin_bytes, b'"prevResult":', b',"runtimeConfig"') == sorted_bytes
+    with open(cache_file(cache_dir), "rb") as f:
+        assert f.read().endswith(b',"result":' + sorted_bytes + b"}")   # result is the last field
+    fake_exec.calls.clear()
+    config.del_network_list(net, rt)
+    if cni.version_ge(version, "0.4.0"):   # DEL carries the cached result from 0.4.0 on
+        _, tuning, bridge = fake_exec.calls
+        for call in (tuning, bridge):
+            assert _between(call.stdin_bytes, b'"prevResult":', b',"type"') == struct_bytes
+
+
 @pytest.mark.parametrize("list_version,answered", [
     ("1.0.0", "0.4.0"), ("0.4.0", "1.0.0"), ("1.1.0", "0.2.0"), ("0.3.1", "1.1.0")])
 def test_add_prev_result_is_converted_to_list_version(config, fake_exec, rt,

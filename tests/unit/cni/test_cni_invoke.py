@@ -75,30 +75,51 @@ def test_decode_error_object():
     assert str(err) == 'plugin "bridge" failed on ADD (CNI error code 7): bad config: no ipam'
 
 
-@pytest.mark.parametrize("stdout,returncode,command,message", [
-    (b"", 1, "DEL", "exit status 1 with no error message"),
-    (b"  \n", 2, "ADD", "exit status 2 with no error message"),
-    (b"panic: runtime error", 2, "ADD", "exit status 2, and its stdout is not a CNI error object"),
-    (b'{"code": "7", "msg": "x"}', 1, "ADD", "not a CNI error object"),
-    (b'["code"]', 1, "ADD", "not a CNI error object"),
-    (b"", -9, "ADD", "killed by SIGKILL with no error message"),
-    (b"", 0, "ADD", "succeeded but printed no result"),
-    (b"{not json", 0, "ADD", "invalid result: Expecting property name"),
-    (b'{"cniVersion":"7.0.0"}', 0, "ADD", 'invalid result: unsupported CNI result version "7.0.0"'),
+@pytest.mark.parametrize("stdout,returncode,command,stderr,message", [
+    # libcni pkg/invoke/raw_exec.go pluginErr, word for word.
+    (b"", 1, "DEL", b"", "netplugin failed with no error message: exit status 1"),
+    (b"", -9, "ADD", b"", "netplugin failed with no error message: signal: killed"),
+    (b"", -11, "ADD", b"", "netplugin failed with no error message: signal: segmentation fault"),
+    (b"", 2, "ADD", b"line 1\nfatal: no \"bridge\"\n",
+     'netplugin failed: "line 1\\nfatal: no \\"bridge\\"\\n"'),
+    (b"panic: runtime error", 2, "ADD", b"",
+     'netplugin failed but error parsing its diagnostic message "panic: runtime error": '
+     "invalid character 'p' looking for beginning of value"),
+    (b'{"code": "7", "msg": "x"}', 1, "ADD", b"",
+     'netplugin failed but error parsing its diagnostic message "{\\"code\\": \\"7\\", '
+     '\\"msg\\": \\"x\\"}": json: cannot unmarshal string into Go struct field Error.code of type uint'),
+    (b'["code"]', 1, "ADD", b"",
+     'netplugin failed but error parsing its diagnostic message "[\\"code\\"]": '
+     "json: cannot unmarshal array into Go value of type types.Error"),
+    (b"\xff\x01", 1, "ADD", b"", 'diagnostic message "\\xff\\x01": invalid character'),
 ])
-def test_decode_invalid_output(stdout, returncode, command, message):
+def test_decode_failure_without_error_object(stdout, returncode, command, stderr, message):
     with pytest.raises(cni.InvalidPluginOutput) as info:
-        decode(stdout, returncode, command, stderr=b"line 1\nfatal: no bridge\n")
+        decode(stdout, returncode, command, stderr=stderr)
     err = info.value
     assert message in err.msg
-    assert err.plugin == "bridge" and err.command == command
-    assert "stderr: line 1\nfatal: no bridge" in err.details
+    assert (err.code, err.plugin, err.command) == (0, "bridge", command)
     assert isinstance(err, cni.PluginError)
+
+
+@pytest.mark.parametrize("stdout,message", [
+    (b"", "succeeded but printed no result"),
+    (b"{not json", "invalid result: Expecting property name"),
+    (b'{"cniVersion":"7.0.0"}', 'invalid result: unsupported CNI result version "7.0.0"'),
+])
+def test_decode_invalid_result(stdout, message):
+    with pytest.raises(cni.InvalidPluginOutput) as info:
+        decode(stdout, 0, "ADD", stderr=b"line 1\nfatal: no bridge\n")
+    assert message in info.value.msg
+    assert "stderr: line 1\nfatal: no bridge" in info.value.details
 
 
 def test_decode_error_object_without_msg():
     with pytest.raises(cni.PluginError) as info:
         decode(b"{}", 3)
+    assert (info.value.code, info.value.msg) == (0, "exit status 3 with an empty error message")
+    with pytest.raises(cni.PluginError) as info:
+        decode(b"null", 3)
     assert (info.value.code, info.value.msg) == (0, "exit status 3 with an empty error message")
 
 
@@ -112,7 +133,7 @@ def test_decode_success():
 def test_stderr_tail_is_bounded():
     stderr = "".join(f"line {i}\n" for i in range(100)).encode()
     with pytest.raises(cni.InvalidPluginOutput) as info:
-        decode(b"", 1, stderr=stderr)
+        decode(b"", 0, stderr=stderr)
     assert info.value.details == "stderr: " + "\n".join(f"line {i}" for i in range(90, 100))
 
 

@@ -58,9 +58,8 @@ def test_real_garbage_and_empty_output():
         decode({"garbage": "hello"})
     with pytest.raises(cni.InvalidPluginOutput) as info:
         decode({"garbage": "", "exitCode": 3, "stderr": "bridge: cannot create\n"}, "DEL")
-    assert info.value.msg == "exit status 3 with no error message"
-    assert info.value.details == "stderr: bridge: cannot create"
-    with pytest.raises(cni.InvalidPluginOutput, match="not a CNI error object"):
+    assert info.value.msg == 'netplugin failed: "bridge: cannot create\\n"'
+    with pytest.raises(cni.InvalidPluginOutput, match="error parsing its diagnostic message"):
         decode({"garbage": "Traceback...", "exitCode": 1})
 
 

@@ -60,7 +60,7 @@ def test_delegate_error_passes_through_and_file_stays(flannel: Flannel) -> None:
     flannel.exec.script("bridge", "ADD", error=(11, "failed to allocate", "range full"))
     out = flannel.run("ADD", flannel.conf())
     assert out.rc == 1
-    assert out.json == {"cniVersion": "0.3.1", "code": 11, "msg": "failed to allocate",
+    assert out.json == {"code": 11, "msg": "failed to allocate",
                         "details": "range full"}
     assert flannel.saved().exists()  # as flannel: the runtime's DEL cleans up
 
@@ -68,7 +68,7 @@ def test_delegate_error_passes_through_and_file_stays(flannel: Flannel) -> None:
 def test_delegate_not_found(flannel: Flannel) -> None:
     flannel.exec = FakeExec(available=[])
     out = flannel.run("ADD", flannel.conf(), CNI_PATH="/nowhere")
-    assert out.json == {"cniVersion": "0.3.1", "code": 999,
+    assert out.json == {"code": 999,
                         "msg": 'failed to delegate add: failed to find plugin "bridge" in path '
                                '[/nowhere]'}
 
@@ -97,7 +97,7 @@ def test_failed_del_keeps_the_file_for_a_retry(flannel: Flannel) -> None:
     assert flannel.run("ADD", flannel.conf()).rc == 0
     flannel.exec.script("bridge", "DEL", error=(11, "busy", ""))
     out = flannel.run("DEL", flannel.conf())
-    assert out.rc == 1 and out.json == {"cniVersion": "0.3.1", "code": 11, "msg": "busy"}
+    assert out.rc == 1 and out.json == {"code": 11, "msg": "busy"}
     assert flannel.saved().exists()
     del flannel.exec.scripts[("bridge", "DEL")]
     assert flannel.run("DEL", flannel.conf()).rc == 0
@@ -109,8 +109,36 @@ def test_del_with_unreadable_saved_config_gives_up_quietly(flannel: Flannel) -> 
     flannel.saved().write_text("{garbage")
     out = flannel.run("DEL", flannel.conf())
     assert (out.rc, out.stdout) == (0, b"")
-    assert "failed to parse netconf" in out.stderr
+    assert out.stderr.startswith("failed to parse netconf: ") and not out.stderr.endswith("\n")
     assert flannel.exec.calls == []
+
+
+@pytest.mark.parametrize("saved,error", [
+    (b"[1]", "json: cannot unmarshal array into Go value of type types.PluginConf"),
+    (b'{"type":5}', "json: cannot unmarshal number into Go struct field PluginConf.type of type string"),
+])
+def test_del_with_saved_config_of_wrong_shape(flannel: Flannel, saved: bytes, error: str) -> None:
+    flannel.data_dir.mkdir()
+    flannel.saved().write_bytes(saved)
+    out = flannel.run("DEL", flannel.conf())
+    assert (out.rc, out.stdout, out.stderr) == (0, b"", f"failed to parse netconf: {error}")
+
+
+def test_add_writes_what_it_sends_the_delegate_and_the_delegates_stderr(flannel: Flannel) -> None:
+    flannel.exec.script("bridge", "ADD", result=BRIDGE_RESULT.to_dict("0.3.1"),
+                        stderr=b"bridge says hi\n")
+    out = flannel.run("ADD", flannel.conf())
+    assert out.rc == 0
+    sent = flannel.exec.calls[0].stdin_bytes.decode()
+    assert out.stderr == f"delegateAdd: netconf sent to delegate plugin:\n{sent}bridge says hi\n"
+
+
+def test_about_names_the_upstream_release(flannel: Flannel) -> None:
+    out = flannel.run("", b"", CNI_COMMAND="")
+    assert out.rc == 0
+    first, second = out.stderr.splitlines()
+    assert first.startswith("CNI Plugin flannel version v1.9.1 (linux/") and first.endswith(" commit cri-shim")
+    assert second == "CNI protocol versions supported: 0.1.0, 0.2.0, 0.3.0, 0.3.1, 0.4.0, 1.0.0, 1.1.0"
 
 
 @pytest.mark.parametrize("version", ALL_VERSIONS)
@@ -124,7 +152,7 @@ def test_check_does_nothing(flannel: Flannel, version: str) -> None:
 
 
 def test_version(flannel: Flannel) -> None:
-    out = flannel.run("VERSION", b'{"cniVersion":"1.1.0"}')
+    out = flannel.run("VERSION", b'{"cniVersion":"0.3.1"}')  # skel ignores stdin
     assert out.stdout == (b'{"cniVersion":"1.1.0","supportedVersions":["0.1.0","0.2.0","0.3.0",'
                           b'"0.3.1","0.4.0","1.0.0","1.1.0"]}\n')
 

@@ -130,7 +130,7 @@ def test_ipmasq_false_means_the_bridge_masquerades(tmp_path: Path) -> None:
 ])
 def test_rejected_delegates(flannel: Flannel, delegate: dict, msg: str) -> None:
     out = flannel.run("ADD", flannel.conf(delegate=delegate))
-    assert out.rc == 1 and out.json == {"cniVersion": "0.3.1", "code": 999, "msg": msg}
+    assert out.rc == 1 and out.json == {"code": 999, "msg": msg}
     assert flannel.exec.calls == [] and not flannel.saved().exists()
 
 
@@ -146,15 +146,26 @@ def test_missing_subnet_env_keys(flannel: Flannel, text: str, missing: str) -> N
     flannel.subnet_file.write_text(text)
     out = flannel.run("ADD", flannel.conf())
     assert out.rc == 1 and out.json["code"] == 999
-    assert out.json["msg"] == f"loadFlannelSubnetEnv failed: {flannel.subnet_file} is missing {missing}"
+    assert out.json["msg"] == (f"failed to load flannel 'subnet.env' file: {flannel.subnet_file} "
+                               f"is missing {missing}. Check the flannel pod log for this node.")
     assert flannel.exec.calls == []
 
 
 def test_no_subnet_env(flannel: Flannel) -> None:
     flannel.subnet_file.unlink()
     out = flannel.run("ADD", flannel.conf())
-    assert out.json["msg"] == (f"loadFlannelSubnetEnv failed: open {flannel.subnet_file}: "
-                               "no such file or directory")
+    # flannel-io/cni-plugin v1.9.1 cmdAdd, byte for byte.
+    assert out.stdout == (b'{\n    "code": 999,\n    "msg": "failed to load flannel \'subnet.env\' '
+                          b"file: open " + str(flannel.subnet_file).encode() +
+                          b': no such file or directory. Check the flannel pod log for this node."\n}')
+
+
+def test_subnet_env_is_a_directory(flannel: Flannel) -> None:
+    flannel.subnet_file.unlink()
+    flannel.subnet_file.mkdir()
+    out = flannel.run("ADD", flannel.conf())
+    assert out.json["msg"] == (f"failed to load flannel 'subnet.env' file: read {flannel.subnet_file}: "
+                               "is a directory. Check the flannel pod log for this node.")
 
 
 def test_defaults_for_subnet_file_and_data_dir() -> None:
@@ -173,8 +184,24 @@ def test_defaults_for_subnet_file_and_data_dir() -> None:
 def test_bad_netconf(flannel: Flannel, key: str, value: object, go_type: str) -> None:
     out = flannel.run("ADD", flannel.conf(**{key: value}))
     kind = {str: "string", list: "array", int: "number", bool: "bool"}[type(value)]
-    assert out.json["msg"] == (f"loadFlannelNetConf failed: failed to load netconf: json: cannot "
-                               f"unmarshal {kind} into Go struct field NetConf.{key} of type {go_type}")
+    assert out.json["msg"] == (f"failed to load flannel netconf file: failed to load netconf: json: "
+                               f"cannot unmarshal {kind} into Go struct field NetConf.{key} of type "
+                               f"{go_type}")
+
+
+@pytest.mark.parametrize("extra,struct_field,kind,go_type", [
+    ({"capabilities": {"portMappings": "yes"}}, "NetConf.capabilities", "string", "bool"),
+    ({"dns": {"nameservers": "10.0.0.10"}}, "DNS.dns.nameservers", "string", "[]string"),
+    ({"dns": {"search": [1]}}, "DNS.dns.search", "number", "string"),
+    ({"dns": {"domain": ["a"]}}, "DNS.dns.domain", "array", "string"),
+])
+def test_bad_nested_netconf(flannel: Flannel, extra: dict, struct_field: str, kind: str,
+                            go_type: str) -> None:
+    out = flannel.run("ADD", flannel.conf(**extra))
+    assert out.json == {"code": 999, "msg": (
+        f"failed to load flannel netconf file: failed to load netconf: json: cannot unmarshal "
+        f"{kind} into Go struct field {struct_field} of type {go_type}")}
+    assert flannel.exec.calls == []
 
 
 def test_bad_ipam_route(flannel: Flannel) -> None:
