@@ -19,7 +19,7 @@ _LAZY = {
     **dict.fromkeys(['CNIConfig', 'GCAttachment', 'RuntimeConf', 'validate_attachment'], "api"),
     **dict.fromkeys(['CACHE_KIND', 'CacheEntry', 'ResultCache'], "cache"),
     **dict.fromkeys(['CONF_EXTENSIONS', 'ConfDirLoad', 'NetworkConfigList', 'PluginConf', 'SkippedFile', 'conf_from_bytes', 'conflist_from_bytes', 'conflist_from_file', 'load_conf_dir'], "conf"),
-    **dict.fromkeys(['CNIError', 'CommandNotSupported', 'ConfigError', 'ERR_DECODING_FAILURE', 'ERR_INCOMPATIBLE_VERSION', 'ERR_INTERNAL', 'ERR_INVALID_ENV', 'ERR_INVALID_NETNS', 'ERR_INVALID_NETWORK_CONFIG', 'ERR_IO_FAILURE', 'ERR_PLUGIN_NOT_AVAILABLE', 'ERR_PLUGIN_NOT_AVAILABLE_LIMITED', 'ERR_TRY_AGAIN_LATER', 'ERR_UNKNOWN', 'ERR_UNKNOWN_CONTAINER', 'ERR_UNSUPPORTED_FIELD', 'ExecTimeout', 'InvalidPluginOutput', 'PluginError', 'PluginNotFound'], "errors"),
+    **dict.fromkeys(['CNIError', 'CommandNotSupported', 'ConfigError', 'ERR_DECODING_FAILURE', 'ERR_INCOMPATIBLE_VERSION', 'ERR_INTERNAL', 'ERR_INVALID_ENV', 'ERR_INVALID_NETNS', 'ERR_INVALID_NETWORK_CONFIG', 'ERR_IO_FAILURE', 'ERR_PLUGIN_NOT_AVAILABLE', 'ERR_PLUGIN_NOT_AVAILABLE_LIMITED', 'ERR_TRY_AGAIN_LATER', 'ERR_UNKNOWN', 'ERR_UNKNOWN_CONTAINER', 'ERR_UNSUPPORTED_FIELD', 'DeadlineExceeded', 'ExecTimeout', 'InvalidPluginOutput', 'PluginError', 'PluginNotFound'], "errors"),
     **dict.fromkeys(['Exec', 'ExecOutput', 'PluginInfo', 'RawExec', 'build_env', 'decode_output', 'exec_plugin', 'find_plugin', 'get_version_info'], "invoke"),
     **dict.fromkeys(['DNS', 'IPConfig', 'Interface', 'Result', 'Route', 'parse_result'], "result"),
     **dict.fromkeys(['CURRENT_VERSION', 'SUPPORTED_VERSIONS', 'command_supported', 'is_supported', 'negotiate_version', 'parse_version', 'prev_result_on_del', 'version_ge'], "version"),
@@ -56,7 +56,8 @@ __all__ = [
     "ERR_UNKNOWN_CONTAINER", "ERR_INVALID_ENV", "ERR_IO_FAILURE", "ERR_DECODING_FAILURE",
     "ERR_INVALID_NETWORK_CONFIG", "ERR_INVALID_NETNS", "ERR_TRY_AGAIN_LATER",
     "ERR_PLUGIN_NOT_AVAILABLE", "ERR_PLUGIN_NOT_AVAILABLE_LIMITED", "ERR_INTERNAL",
-    "CNIError", "PluginError", "InvalidPluginOutput", "ExecTimeout", "PluginNotFound",
+    "CNIError", "PluginError", "InvalidPluginOutput", "ExecTimeout", "DeadlineExceeded",
+    "PluginNotFound",
     "ConfigError", "CommandNotSupported",
     # invoke
     "Exec", "ExecOutput", "PluginInfo", "RawExec", "build_env", "decode_output",

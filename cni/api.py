@@ -29,7 +29,8 @@ from __future__ import annotations
 import dataclasses
 import logging
 import re
-from collections.abc import Mapping, Sequence
+import time
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -38,7 +39,8 @@ from .cache import CacheEntry, ResultCache
 from .conf import NetworkConfigList, PluginConf, conflist_from_bytes
 from .errors import (ERR_DECODING_FAILURE, ERR_INCOMPATIBLE_VERSION, ERR_INVALID_ENV,
                      ERR_INVALID_NETWORK_CONFIG, ERR_IO_FAILURE, ERR_UNKNOWN_CONTAINER,
-                     CNIError, CommandNotSupported, ConfigError)
+                     CNIError, CommandNotSupported, ConfigError, DeadlineExceeded,
+                     ExecTimeout)
 from .invoke import Exec, PluginInfo, RawExec, build_env, exec_plugin, get_version_info
 from .result import Result, parse_result
 from .version import command_supported, prev_result_on_del
@@ -146,28 +148,48 @@ class CNIConfig:
     # --- running one plugin ---------------------------------------------------------
 
     def _run(self, net: NetworkConfigList, plugin: PluginConf, command: str,
-             rt: RuntimeConf | None, stdin: bytes) -> Result | None:
+             rt: RuntimeConf | None, stdin: bytes, deadline: float | None = None
+             ) -> Result | None:
         try:
             path = self.exec.find_plugin(plugin.type, self.bin_dirs)
         except CNIError as exc:
             raise exc.with_context(plugin=plugin.type, command=command)
         env = build_env(command, rt.container_id if rt else "", rt.netns if rt else "",
                         rt.ifname if rt else "", rt.args if rt else (), self.bin_dirs)
-        return exec_plugin(self.exec, plugin=plugin.type, plugin_path=path, command=command,
-                           stdin=stdin, env=env, timeout=self.timeout,
-                           cni_version=net.cni_version)
+        # libcni runs every exec under the caller's context: the exec gets what is left
+        # of the caller's deadline when that is less than the per-exec timeout.
+        timeout, by_deadline = self.timeout, False
+        if deadline is not None:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise DeadlineExceeded(plugin.type, command, None)
+            if timeout is None or left < timeout:
+                timeout, by_deadline = left, True
+        try:
+            return exec_plugin(self.exec, plugin=plugin.type, plugin_path=path, command=command,
+                               stdin=stdin, env=env, timeout=timeout,
+                               cni_version=net.cni_version)
+        except ExecTimeout as exc:
+            if by_deadline and not isinstance(exc, DeadlineExceeded):
+                raise DeadlineExceeded(plugin.type, command, round(timeout or 0.0, 3)) from None
+            raise
 
     # --- ADD ------------------------------------------------------------------------
 
-    def add_network_list(self, net: NetworkConfigList, rt: RuntimeConf) -> Result:
+    def add_network_list(self, net: NetworkConfigList, rt: RuntimeConf, *,
+                         deadline: float | None = None) -> Result:
         """ADD every plugin in order, threading ``prevResult``; cache and return the
-        last result. On failure nothing is undone (the caller runs DEL), as libcni."""
+        last result. On failure nothing is undone (the caller runs DEL), as libcni.
+
+        *deadline* (a ``time.monotonic()`` value) bounds the whole chain: a plugin
+        still running at it is killed and ``DeadlineExceeded`` raised."""
         validate_attachment(net.name, rt.container_id, rt.ifname)
         rt = _normalize(rt)
         result: Result | None = None
         for plugin in net.plugins:
             prev = _in_version(result, net.cni_version) if result is not None else None
-            result = self._run(net, plugin, "ADD", rt, _stdin(net, plugin, prev_result=prev, rt=rt))
+            result = self._run(net, plugin, "ADD", rt, _stdin(net, plugin, prev_result=prev, rt=rt),
+                               deadline)
         if result is None:
             raise ConfigError("no plugins in list", net.source)
         entry = CacheEntry(container_id=rt.container_id, network=net.name, ifname=rt.ifname,
@@ -182,12 +204,16 @@ class CNIConfig:
 
     # --- DEL ------------------------------------------------------------------------
 
-    def del_network_list(self, net: NetworkConfigList, rt: RuntimeConf) -> None:
+    def del_network_list(self, net: NetworkConfigList, rt: RuntimeConf, *,
+                         deadline: float | None = None,
+                         ignore: Callable[[CNIError], bool] | None = None) -> None:
         """DEL every plugin in reverse order, best effort, then drop the cache entry.
 
         Uses the cached configuration and arguments when the cache has them (see the
         module docstring); a missing cache or config is not an error. Raises the first
-        plugin error after all plugins ran."""
+        plugin error after all plugins ran. An error for which *ignore* is true counts
+        as success (the caller's policy: go-cni's "already gone"); it is logged.
+        *deadline* is as for ``add_network_list``."""
         rt = _normalize(rt)
         entry = self._read_entry(net.name, rt)
         if entry is not None and entry.config:
@@ -205,8 +231,12 @@ class CNIConfig:
         errors: list[CNIError] = []
         for plugin in reversed(net.plugins):
             try:
-                self._run(net, plugin, "DEL", rt, _stdin(net, plugin, prev_result=prev, rt=rt))
+                self._run(net, plugin, "DEL", rt, _stdin(net, plugin, prev_result=prev, rt=rt),
+                          deadline)
             except CNIError as exc:
+                if ignore is not None and ignore(exc):
+                    log.info("network %s: %s; taken as already torn down", net.name, exc)
+                    continue
                 errors.append(exc)
         if not errors and rt.container_id and rt.ifname:
             try:

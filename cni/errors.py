@@ -8,6 +8,8 @@
     │   └── InvalidPluginOutput  ...or its stdout was no usable result / error object
     │                            (garbage, empty, unknown result version)
     ├── ExecTimeout              the plugin ran past the timeout and was killed
+    │   └── DeadlineExceeded     ...the caller's deadline, not the per-exec timeout
+    │                            (or it passed before the plugin could start)
     ├── PluginNotFound           no executable for the plugin type in any bin dir
     ├── ConfigError              a network configuration is malformed or invalid
     │                            (carries the file path)
@@ -45,6 +47,7 @@ __all__ = [
     "PluginError",
     "InvalidPluginOutput",
     "ExecTimeout",
+    "DeadlineExceeded",
     "PluginNotFound",
     "ConfigError",
     "CommandNotSupported",
@@ -152,6 +155,16 @@ class ExecTimeout(CNIError):
         super().__init__(ERR_TRY_AGAIN_LATER, f"timed out after {timeout:g}s and was killed",
                          plugin=plugin, command=command)
         self.timeout = timeout
+
+
+class DeadlineExceeded(ExecTimeout):
+    """The caller's deadline (libcni: the request's context) ran out: the plugin was
+    killed at it, or was not started because it had already passed."""
+
+    def __init__(self, plugin: str, command: str | None, elapsed: float | None) -> None:
+        super().__init__(plugin, command, elapsed or 0.0)
+        self.msg = ("not run: the caller's deadline had passed" if elapsed is None else
+                    f"killed after {elapsed:g}s: the caller's deadline passed")
 
 
 class PluginNotFound(CNIError):

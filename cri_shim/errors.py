@@ -9,15 +9,26 @@
     ├── FailedPrecondition            FAILED_PRECONDITION
     │   └── NetworkNotReady                             no CNI config loaded
     ├── NetworkError                  (code from the CNI error it wraps, see below)
+    ├── HostError                     (code from the errno, see below) the node failed us
+    │   ├── NetnsError                pinning or unpinning a netns, naming its path
+    │   └── StoreError                writing or removing a record, naming its file
     └── ConfigFileError               not a gRPC error: the CLI exits 2 with it
 
 CNI errors (``cni.CNIError`` and its subclasses) raised below the sandbox manager are
 wrapped in ``NetworkError`` with ``raise ... from``; the plugin's own code, message and
 details stay in the text the client sees, e.g.
 ``failed to set up network for sandbox "ab12..": plugin "bridge" failed on ADD (CNI error code 7): ...``.
+
+A ``HostError`` carries the errno of the system call that failed: a full disk or too
+many open files is RESOURCE_EXHAUSTED, a busy mount UNAVAILABLE, a permission the
+server lacks FAILED_PRECONDITION, anything else INTERNAL. Only exceptions outside this
+tree (bugs) are logged with a traceback.
 """
 
 from __future__ import annotations
+
+import errno as errno_mod
+import os
 
 import grpc
 
@@ -31,6 +42,9 @@ __all__ = [
     "FailedPrecondition",
     "NetworkNotReady",
     "NetworkError",
+    "HostError",
+    "NetnsError",
+    "StoreError",
     "ConfigFileError",
     "grpc_status",
 ]
@@ -76,6 +90,49 @@ class NetworkError(ShimError):
         super().__init__(f"{message}: {cause}")
         self.cause = cause
         self.code = _cni_code(cause)
+
+
+class HostError(ShimError):
+    """A system call on the node failed; ``errno`` picks the gRPC code."""
+
+    def __init__(self, message: str, errno: int | None = None, *, detail: str = "") -> None:
+        detail = detail or (os.strerror(errno) if errno else "")
+        super().__init__(f"{message}: {detail}" if detail else message)
+        self.errno = errno
+        self.code = _errno_code(errno)
+
+
+class NetnsError(HostError):
+    """Pinning or unpinning a pod network namespace failed; ``path`` is the netns."""
+
+    def __init__(self, message: str, path: str, errno: int | None = None, *,
+                 detail: str = "") -> None:
+        super().__init__(message, errno, detail=detail)
+        self.path = path
+
+
+class StoreError(HostError):
+    """Persisting a record failed; ``path`` is its file."""
+
+    def __init__(self, message: str, path: str, errno: int | None = None, *,
+                 detail: str = "") -> None:
+        super().__init__(message, errno, detail=detail)
+        self.path = path
+
+
+_EXHAUSTED = {errno_mod.ENOSPC, errno_mod.EDQUOT, errno_mod.ENOMEM, errno_mod.EMFILE,
+              errno_mod.ENFILE, errno_mod.EAGAIN}
+_NOT_ALLOWED = {errno_mod.EPERM, errno_mod.EACCES, errno_mod.EROFS}
+
+
+def _errno_code(err: int | None) -> grpc.StatusCode:
+    if err in _EXHAUSTED:
+        return grpc.StatusCode.RESOURCE_EXHAUSTED
+    if err == errno_mod.EBUSY:
+        return grpc.StatusCode.UNAVAILABLE
+    if err in _NOT_ALLOWED:
+        return grpc.StatusCode.FAILED_PRECONDITION
+    return grpc.StatusCode.INTERNAL
 
 
 class ConfigFileError(ShimError):

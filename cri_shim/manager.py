@@ -32,7 +32,8 @@ from . import netns as netns_mod
 from .config import Config
 from . import conftemplate
 from .errors import (NETWORK_NOT_READY_MESSAGE, NETWORK_NOT_READY_REASON, AlreadyExists,
-                     FailedPrecondition, InvalidArgument, NetworkError, NetworkNotReady, NotFound)
+                     FailedPrecondition, InvalidArgument, NetworkError, NetworkNotReady, NotFound,
+                     StoreError)
 from .podconfig import SandboxSpec, parse_pod_config
 from .podnet import PodNetwork, PodNetworkSpec, pod_ips, result_json
 from .store import CREATING, NOTREADY, READY, SandboxRecord, Store
@@ -176,11 +177,14 @@ class SandboxManager:
 
     # -- RunPodSandbox ------------------------------------------------------------
 
-    def run(self, spec: SandboxSpec) -> str:
+    def run(self, spec: SandboxSpec, *, deadline: float | None = None) -> str:
         """Create a sandbox and network it; return its 64-hex-char id.
 
-        On any failure everything done so far is undone (DEL, unpin, drop the record)
-        before the error is raised.
+        *deadline* (``time.monotonic()``) is the caller's: plugin execs still running
+        at it are killed. On any failure, the deadline included, everything done so
+        far is undone (DEL, unpin, drop the record) before the error is raised; the
+        undo itself runs under the per-exec timeout only, as containerd's deferred
+        clean-up gets a context of its own.
         """
         sandbox_id = secrets.token_hex(32)
         rec = SandboxRecord(id=sandbox_id, name=spec.name, namespace=spec.namespace,
@@ -197,7 +201,7 @@ class SandboxManager:
                 self._names[key] = sandbox_id
                 self._sandboxes[sandbox_id] = entry
             try:
-                self._create(entry, spec)
+                self._create(entry, spec, deadline)
             except BaseException:
                 if entry.record.state == CREATING:   # fully undone: forget it
                     with self._lock:
@@ -211,11 +215,11 @@ class SandboxManager:
                  self.ips(entry.record) or "-")
         return sandbox_id
 
-    def _create(self, entry: _Entry, spec: SandboxSpec) -> None:
+    def _create(self, entry: _Entry, spec: SandboxSpec, deadline: float | None) -> None:
         rec = entry.record
         if rec.host_network:
+            self.store.put(rec.replace(state=READY))
             entry.record = rec.replace(state=READY)
-            self.store.put(entry.record)
             return
         try:
             planned = self.network.plan()
@@ -228,7 +232,8 @@ class SandboxManager:
         self.store.put(rec)   # the intent, before anything is made
         try:
             self._netns.pin(rec.netns_path, loopback_up=self.config.cni.use_internal_loopback)
-            results = self.network.setup(planned, spec.network, rec.id, rec.netns_path)
+            results = self.network.setup(planned, spec.network, rec.id, rec.netns_path,
+                                         deadline=deadline)
             results_json = {ifname: result_json(r) for ifname, r in results.items()}
             ips = pod_ips(results_json, self.config.cni.ip_pref)
             if not ips:
@@ -236,38 +241,49 @@ class SandboxManager:
                 # recreate an IP-less sandbox forever.
                 raise cni.CNIError(cni.ERR_UNKNOWN, "no IP address on eth0 in the CNI result",
                                    json.dumps(results_json.get("eth0", {})))
+            ready = rec.replace(state=READY, results=results_json)
+            self.store.put(ready)   # a sandbox not on disk must not exist: undone below
         except BaseException as exc:
-            try:
-                self._teardown(rec)
-            except Exception as undo:
-                log.error("sandbox %s: undoing a failed set-up failed too: %s", rec.id[:12], undo)
-                entry.record = rec.replace(state=NOTREADY)
-                self.store.put(entry.record)
-            else:
-                self.store.delete(rec.id)
+            self._undo(entry, rec)
             if isinstance(exc, cni.CNIError):
                 raise NetworkError(f'failed to set up network for sandbox "{rec.id}"', exc) from exc
-            if isinstance(exc, OSError):
-                raise NetworkError(f'failed to create network namespace for sandbox "{rec.id}"',
-                                   cni.CNIError(cni.ERR_IO_FAILURE, str(exc))) from exc
             raise
-        entry.record = rec.replace(state=READY, results=results_json)
-        self._ips[rec.id] = (entry.record, ips)   # parsed once, here (see ips())
-        self.store.put(entry.record)
+        entry.record = ready
+        self._ips[rec.id] = (ready, ips)   # parsed once, here (see ips())
+
+    def _undo(self, entry: _Entry, rec: SandboxRecord) -> None:
+        """Undo a half-made sandbox. When the teardown fails it stays NOTREADY with its
+        networks (a teardown still owed); when the record cannot be written either,
+        the intent on disk still says ``creating``, which the next start repairs."""
+        try:
+            self._teardown(rec)
+        except Exception as undo:
+            log.error("sandbox %s: undoing a failed set-up failed too: %s", rec.id[:12], undo)
+            entry.record = rec.replace(state=NOTREADY)
+            try:
+                self.store.put(entry.record)
+            except StoreError as exc:
+                log.error("sandbox %s: %s; the next start repairs it", rec.id[:12], exc)
+            return
+        try:
+            self.store.delete(rec.id)
+        except StoreError as exc:
+            log.error("sandbox %s: %s; the next start removes it", rec.id[:12], exc)
 
     # -- StopPodSandbox / RemovePodSandbox ---------------------------------------
 
-    def stop(self, sandbox_id: str) -> None:
-        """Tear the network down and unpin the netns; idempotent, OK for an unknown id."""
+    def stop(self, sandbox_id: str, *, deadline: float | None = None) -> None:
+        """Tear the network down and unpin the netns; idempotent, OK for an unknown id.
+        A DEL cut short by *deadline* leaves the teardown owed (the next stop retries)."""
         entry = self._find(sandbox_id, missing_ok=True)
         if entry is None:
             return
         with entry.lock:
             if entry.removed:
                 return
-            self._stop(entry)
+            self._stop(entry, deadline)
 
-    def remove(self, sandbox_id: str) -> None:
+    def remove(self, sandbox_id: str, *, deadline: float | None = None) -> None:
         """Stop if needed, then forget the sandbox; OK for an unknown id."""
         entry = self._find(sandbox_id, missing_ok=True)
         if entry is None:
@@ -275,7 +291,7 @@ class SandboxManager:
         with entry.lock:
             if entry.removed:
                 return
-            self._stop(entry)
+            self._stop(entry, deadline)
             self.store.delete(entry.record.id)
             entry.removed = True
             self._ips.pop(entry.record.id, None)
@@ -285,16 +301,16 @@ class SandboxManager:
                     del self._names[_name_key(entry.record)]
         log.info("sandbox %s removed", entry.record.id[:12])
 
-    def _stop(self, entry: _Entry) -> None:
+    def _stop(self, entry: _Entry, deadline: float | None = None) -> None:
         rec = entry.record
         if rec.state == NOTREADY and not rec.networks:
             return
-        self._teardown(rec)
+        self._teardown(rec, deadline)
         entry.record = rec.replace(state=NOTREADY, networks=(), results={})
         self.store.put(entry.record)
         log.info("sandbox %s stopped", rec.id[:12])
 
-    def _teardown(self, rec: SandboxRecord) -> None:
+    def _teardown(self, rec: SandboxRecord, deadline: float | None = None) -> None:
         """DEL the planned networks (best effort), then unpin the netns.
 
         The netns is unpinned only when every DEL worked: like containerd, a failed DEL
@@ -304,7 +320,7 @@ class SandboxManager:
             spec = _network_spec_from_record(rec)
             netns = rec.netns_path if self._netns.is_pinned(rec.netns_path) else ""
             try:
-                self.network.teardown(rec.networks, spec, rec.id, netns)
+                self.network.teardown(rec.networks, spec, rec.id, netns, deadline=deadline)
             except cni.CNIError as exc:
                 raise NetworkError(f'failed to destroy network for sandbox "{rec.id}"', exc) from exc
         if rec.netns_path:

@@ -19,16 +19,13 @@ import shutil
 import subprocess
 import uuid
 
+from .errors import NetnsError
 from .pinner import Pinner
 
 log = logging.getLogger(__name__)
 
 _MNT_DETACH = 2
 _libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
-
-
-class NetnsError(OSError):
-    """Pinning or unpinning a network namespace failed."""
 
 
 def new_path(netns_dir: str) -> str:
@@ -40,18 +37,25 @@ def pin(path: str, *, loopback_up: bool = False) -> None:
     """Create a new network namespace and bind-mount it on *path*.
 
     With *loopback_up* the namespace's ``lo`` is brought up at once (containerd's
-    ``use_internal_loopback``), saving the loopback plugin exec.
+    ``use_internal_loopback``), saving the loopback plugin exec. Raises
+    ``NetnsError`` naming *path*; nothing is left at *path* then.
     """
-    os.makedirs(os.path.dirname(path), mode=0o755, exist_ok=True)
+    what = f"cannot create network namespace at {path}"
+    try:
+        os.makedirs(os.path.dirname(path), mode=0o755, exist_ok=True)
+    except OSError as exc:
+        raise NetnsError(f"{what}: cannot make {os.path.dirname(path)}", path, exc.errno) from exc
     try:
         _PINNER.pin(path, loopback_up)
         return
     except OSError as exc:
         if exc.errno == errno.EEXIST or os.path.lexists(path):
-            raise NetnsError(exc.errno or errno.EIO, f"cannot create network namespace at {path}: "
-                                                     f"{exc.strerror or exc}") from exc
+            raise NetnsError(what, path, exc.errno, detail=exc.strerror or str(exc)) from exc
         log.warning("netns pinner helper failed (%s); falling back to unshare(1)", exc)
-    fd = os.open(path, os.O_RDONLY | os.O_CREAT | os.O_EXCL, 0o444)
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CREAT | os.O_EXCL, 0o444)
+    except OSError as exc:
+        raise NetnsError(what, path, exc.errno) from exc
     os.close(fd)
     cmd = [_UNSHARE, f"--net={path}"]
     cmd += [_IP, "link", "set", "dev", "lo", "up"] if loopback_up else ["true"]
@@ -59,8 +63,7 @@ def pin(path: str, *, loopback_up: bool = False) -> None:
     if proc.returncode != 0:
         # The bind mount may or may not have happened; undo both halves.
         unpin(path)
-        raise NetnsError(errno.EIO, f"cannot create network namespace at {path}: "
-                                    f"{proc.stderr.strip() or 'unshare failed'}")
+        raise NetnsError(what, path, detail=proc.stderr.strip() or "unshare failed")
 
 
 def start_helper() -> None:
@@ -72,16 +75,19 @@ def start_helper() -> None:
 
 
 def unpin(path: str) -> None:
-    """Unmount and remove a pinned netns; a missing one is fine (idempotent)."""
+    """Unmount and remove a pinned netns; a missing one is fine (idempotent).
+    Raises ``NetnsError`` naming *path*."""
     if _libc.umount2(os.fsencode(path), _MNT_DETACH) != 0:
         err = ctypes.get_errno()
         # EINVAL: not a mount point (never pinned, or already unmounted).
         if err not in (errno.EINVAL, errno.ENOENT):
-            raise NetnsError(err, f"cannot unmount netns {path}: {os.strerror(err)}")
+            raise NetnsError(f"cannot unmount netns {path}", path, err)
     try:
         os.unlink(path)
     except FileNotFoundError:
         pass
+    except OSError as exc:
+        raise NetnsError(f"cannot remove netns file {path}", path, exc.errno) from exc
     log.debug("unpinned netns %s", path)
 
 

@@ -174,20 +174,23 @@ class PodNetwork:
     # -- attach / detach ----------------------------------------------------------
 
     def setup(self, planned: Sequence[PlannedNetwork], spec: PodNetworkSpec,
-              sandbox_id: str, netns: str) -> dict[str, cni.Result]:
+              sandbox_id: str, netns: str, *, deadline: float | None = None
+              ) -> dict[str, cni.Result]:
         """ADD every planned network; returns ifname -> result.
 
         Like go-cni's ``Setup``, the networks are attached concurrently, unless
         ``setup_serially`` asks for one after another; within a network the plugins
         run in order, as libcni does. The first failure (in plan order) is raised; on
         failure nothing is undone here: the caller owns the teardown of the whole plan.
+        *deadline* (``time.monotonic()``) is the caller's: plugins still running at it
+        are killed (``cni.DeadlineExceeded``).
         """
         args, caps = cni_args(spec, sandbox_id), capability_args(spec)
 
         def add(net: PlannedNetwork) -> cni.Result:
             rt = cni.RuntimeConf(container_id=sandbox_id, netns=netns, ifname=net.ifname,
                                  args=args, capability_args=caps)
-            return self._cni.add_network_list(_parse(net), rt)
+            return self._cni.add_network_list(_parse(net), rt, deadline=deadline)
 
         outcomes = self._each(planned, add)
         for outcome in outcomes.values():
@@ -196,20 +199,23 @@ class PodNetwork:
         return outcomes  # type: ignore[return-value]
 
     def teardown(self, planned: Sequence[PlannedNetwork], spec: PodNetworkSpec,
-                 sandbox_id: str, netns: str) -> None:
+                 sandbox_id: str, netns: str, *, deadline: float | None = None) -> None:
         """DEL every planned network, best effort: all are tried, the first error raised.
 
         Networks are independent, so they are detached concurrently as they were
         attached (go-cni's Remove goes one by one); within a network libcni runs the
         plugins in reverse. The config comes from libcni's cache when there is one,
-        else from the plan, never from the (possibly edited) conf dir.
+        else from the plan, never from the (possibly edited) conf dir. A plugin that
+        answers that what it should remove is already gone has done its DEL
+        (``already_gone``), as in go-cni.
         """
         args, caps = cni_args(spec, sandbox_id), capability_args(spec)
+        gone = functools.partial(already_gone, netns=netns)
 
         def delete(net: PlannedNetwork) -> None:
             rt = cni.RuntimeConf(container_id=sandbox_id, netns=netns, ifname=net.ifname,
                                  args=args, capability_args=caps)
-            self._cni.del_network_list(_parse(net), rt)
+            self._cni.del_network_list(_parse(net), rt, deadline=deadline, ignore=gone)
 
         first: BaseException | None = None
         for net, outcome in zip(planned, self._each(planned, delete).values()):
@@ -271,6 +277,16 @@ class PodNetwork:
                 self._cni.gc_network_list(net, keep)
             except cni.CNIError as exc:
                 log.warning("GC of network %s: %s", net.name, exc)
+
+
+def already_gone(err: cni.CNIError, *, netns: str) -> bool:
+    """Whether a DEL error only says that the thing to remove is not there, which
+    go-cni's ``Remove`` takes as done: any error whose text says "not found", and,
+    when the netns is already gone (passed empty), one saying "no such file or
+    directory" (plugins handle an empty netns unevenly: containernetworking/plugins#210).
+    Without this a pod whose DEL keeps answering so could never be stopped."""
+    text = f"{err.msg}; {err.details}" if err.details else err.msg
+    return "not found" in text or (not netns and "no such file or directory" in text)
 
 
 def _parse(net: PlannedNetwork) -> cni.NetworkConfigList:

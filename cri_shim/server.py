@@ -24,7 +24,7 @@ from google.protobuf import json_format
 from . import __version__
 from .api import api_pb2 as pb
 from .api import api_pb2_grpc as pb_grpc
-from .errors import NotFound, grpc_status
+from .errors import NotFound, ShimError, grpc_status
 from .manager import SandboxFilter, SandboxManager
 from .podconfig import parse_pod_config
 from .store import NOTREADY, READY, SandboxRecord
@@ -51,11 +51,12 @@ def _rpc(method: Callable[..., Any]) -> Callable[..., Any]:
             reply = method(self, request, context)
         except Exception as exc:
             code, message = grpc_status(exc)
-            level = logging.ERROR if code == grpc.StatusCode.INTERNAL else logging.INFO
+            bug = not isinstance(exc, ShimError)   # only a bug earns a traceback
+            level = logging.ERROR if bug or code == grpc.StatusCode.INTERNAL else logging.INFO
             log.log(level, "cri %s sandbox=%s code=%s duration_ms=%.1f error=%s", name,
                     sandbox[:12] or "-", code.name, (time.perf_counter() - start) * 1e3, message,
-                    exc_info=code == grpc.StatusCode.INTERNAL)
-            context.abort(code, message)
+                    exc_info=bug)
+            context.abort(code, _fit_trailer(message))
         log.info("cri %s sandbox=%s code=OK duration_ms=%.1f", name,
                  (sandbox or getattr(reply, "pod_sandbox_id", ""))[:12] or "-",
                  (time.perf_counter() - start) * 1e3)
@@ -104,17 +105,17 @@ class CRIServicer(pb_grpc.RuntimeServiceServicer, pb_grpc.ImageServiceServicer):
     @_rpc
     def RunPodSandbox(self, request: pb.RunPodSandboxRequest, context: Any) -> pb.RunPodSandboxResponse:
         config = json_format.MessageToDict(request.config, preserving_proto_field_name=True)
-        sandbox_id = self.manager.run(parse_pod_config(config))
+        sandbox_id = self.manager.run(parse_pod_config(config), deadline=_deadline(context))
         return pb.RunPodSandboxResponse(pod_sandbox_id=sandbox_id)
 
     @_rpc
     def StopPodSandbox(self, request: pb.StopPodSandboxRequest, context: Any) -> pb.StopPodSandboxResponse:
-        self.manager.stop(request.pod_sandbox_id)
+        self.manager.stop(request.pod_sandbox_id, deadline=_deadline(context))
         return pb.StopPodSandboxResponse()
 
     @_rpc
     def RemovePodSandbox(self, request: pb.RemovePodSandboxRequest, context: Any) -> pb.RemovePodSandboxResponse:
-        self.manager.remove(request.pod_sandbox_id)
+        self.manager.remove(request.pod_sandbox_id, deadline=_deadline(context))
         return pb.RemovePodSandboxResponse()
 
     @_rpc
@@ -186,6 +187,27 @@ class CRIServicer(pb_grpc.RuntimeServiceServicer, pb_grpc.ImageServiceServicer):
     @_rpc
     def ImageFsInfo(self, request: Any, context: Any) -> pb.ImageFsInfoResponse:
         return pb.ImageFsInfoResponse()
+
+
+_MAX_MESSAGE = 4096   # bytes: grpc-message travels in a trailer (8 KiB of metadata)
+
+
+def _fit_trailer(message: str) -> str:
+    """*message*, cut in the middle if it would not fit a status trailer (a plugin's
+    whole stderr can be in it, as libcni puts it there); the log keeps all of it."""
+    data = message.encode()
+    if len(data) <= _MAX_MESSAGE:
+        return message
+    keep = (_MAX_MESSAGE - 64) // 2   # the note below is shorter than 64 bytes
+    note = f" ... [{len(data) - 2 * keep} bytes cut] ... "
+    return (data[:keep].decode("utf-8", "ignore") + note
+            + data[-keep:].decode("utf-8", "ignore"))
+
+
+def _deadline(context: Any) -> float | None:
+    """The client's deadline as a ``time.monotonic()`` value (None: it set none)."""
+    remaining = context.time_remaining()
+    return None if remaining is None else time.monotonic() + remaining
 
 
 def _cri_state(rec: SandboxRecord) -> str:

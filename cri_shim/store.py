@@ -22,6 +22,8 @@ from typing import Any, Iterator, Protocol
 
 from cni._atomic import write_atomic
 
+from .errors import StoreError
+
 log = logging.getLogger(__name__)
 
 SCHEMA_VERSION = 1
@@ -89,7 +91,8 @@ class SandboxRecord:
 
 
 class Store(Protocol):
-    """What the sandbox manager needs from persistence (tests use an in-memory one)."""
+    """What the sandbox manager needs from persistence (tests use an in-memory one).
+    ``put`` and ``delete`` raise ``StoreError``."""
 
     def put(self, rec: SandboxRecord) -> None: ...
     def delete(self, sandbox_id: str) -> None: ...
@@ -107,14 +110,24 @@ class FileStore:
         return os.path.join(self.directory, f"{sandbox_id}.json")
 
     def put(self, rec: SandboxRecord) -> None:
+        """Write *rec* atomically. Raises ``StoreError`` (nothing half-written stays)."""
         data = json.dumps(rec.to_json(), separators=(",", ":")).encode()
-        write_atomic(self._path(rec.id), data, mode=0o600)
+        path = self._path(rec.id)
+        try:
+            write_atomic(path, data, mode=0o600)
+        except OSError as exc:
+            raise StoreError(f"cannot write sandbox record {path}", path, exc.errno,
+                             detail=exc.strerror or str(exc)) from exc
 
     def delete(self, sandbox_id: str) -> None:
+        """Remove a record; a missing one is fine. Raises ``StoreError``."""
+        path = self._path(sandbox_id)
         try:
-            os.unlink(self._path(sandbox_id))
+            os.unlink(path)
         except FileNotFoundError:
             pass
+        except OSError as exc:
+            raise StoreError(f"cannot remove sandbox record {path}", path, exc.errno) from exc
 
     def load_all(self) -> Iterator[SandboxRecord]:
         for entry in sorted(os.listdir(self.directory)):

@@ -72,11 +72,14 @@ class Env:
         return SandboxManager(self.config, PodNetwork(self.config.cni, exec=self.exec), self.store,
                               netns=self.netns)
 
-    def run(self, name: str = "web", **extra) -> str:
+    def spec(self, name: str = "web", **extra):
         cfg = {"metadata": {"name": name, "namespace": "default", "uid": f"u-{name}"},
                "port_mappings": [{"container_port": 80, "host_port": 8080},
                                  {"container_port": 81}], **extra}
-        return self.manager.run(parse_pod_config(cfg))
+        return parse_pod_config(cfg)
+
+    def run(self, name: str = "web", **extra) -> str:
+        return self.manager.run(self.spec(name, **extra))
 
     def pinned(self) -> list[str]:
         return sorted(os.listdir(self.netns_dir)) if self.netns_dir.exists() else []

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import grpc
 import pytest
 from test_manager import Env, write_conflist
 
@@ -12,8 +13,14 @@ from cri_shim.server import CRIServicer
 
 
 class Ctx:
+    def __init__(self, time_remaining: float | None = None) -> None:
+        self._remaining = time_remaining
+
     def abort(self, code, message):
         raise RuntimeError(code, message)
+
+    def time_remaining(self) -> float | None:
+        return self._remaining
 
 
 @pytest.fixture
@@ -53,3 +60,25 @@ def test_status_reports_ips_and_namespace_options(svc) -> None:
     env.manager.stop(sandbox_id)
     st = s.PodSandboxStatus(pb.PodSandboxStatusRequest(pod_sandbox_id=sandbox_id), Ctx())
     assert st.status.network.ip == "" and st.status.state == pb.SANDBOX_NOTREADY
+
+
+def test_the_clients_deadline_reaches_the_plugins(svc) -> None:
+    env, s = svc
+    config = pb.PodSandboxConfig(metadata=pb.PodSandboxMetadata(name="p", namespace="d", uid="u"))
+    s.RunPodSandbox(pb.RunPodSandboxRequest(config=config), Ctx(time_remaining=3.0))
+    assert all(0 < c.timeout <= 3.0 for c in env.exec.of("ADD"))
+    config.metadata.name = "q"
+    with pytest.raises(RuntimeError) as exc:
+        s.RunPodSandbox(pb.RunPodSandboxRequest(config=config), Ctx(time_remaining=0.0))
+    code, message = exc.value.args
+    assert code == grpc.StatusCode.DEADLINE_EXCEEDED and "deadline" in message
+
+
+def test_huge_error_messages_are_cut_for_the_trailer(svc) -> None:
+    env, s = svc
+    env.exec.script("bridge", "ADD", stderr=b"x" * 100_000, returncode=1)
+    config = pb.PodSandboxConfig(metadata=pb.PodSandboxMetadata(name="p", namespace="d", uid="u"))
+    with pytest.raises(RuntimeError) as exc:
+        s.RunPodSandbox(pb.RunPodSandboxRequest(config=config), Ctx())
+    code, message = exc.value.args
+    assert len(message.encode()) <= 4096 and "bytes cut" in message and "netplugin failed" in message

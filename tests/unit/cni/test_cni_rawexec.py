@@ -188,3 +188,20 @@ def test_real_bridge_version():
     net = cni.conflist_from_bytes(b'{"cniVersion":"1.0.0","name":"n","plugins":'
                                   b'[{"type":"bridge"},{"type":"portmap"},{"type":"loopback"}]}')
     config.validate_network_list(net)
+
+
+def test_caller_deadline_kills_a_real_plugin(tmp_path):
+    """The chain runs under the caller's deadline (libcni's ctx): a plugin still
+    running at it is killed, well before its own timeout or its sleep."""
+    plugin_dir = tmp_path / "bin"
+    plugin_dir.mkdir()
+    os.symlink(RECORDER, plugin_dir / "recorder")
+    net = cni.conflist_from_bytes(json.dumps({"cniVersion": "1.0.0", "name": "slow", "plugins": [
+        {"type": "recorder", "sleep": 30}]}).encode())
+    config = cni.CNIConfig([str(plugin_dir)], cache_dir=str(tmp_path / "cache"), timeout=60)
+    start = time.monotonic()
+    with pytest.raises(cni.DeadlineExceeded) as info:
+        config.add_network_list(net, cni.RuntimeConf("cid", "/ns", "eth0"),
+                                deadline=time.monotonic() + 0.5)
+    assert time.monotonic() - start < 5
+    assert info.value.msg.startswith("killed after 0.5") and info.value.plugin == "recorder"
