@@ -89,7 +89,7 @@ def _serve(args: argparse.Namespace) -> int:
     if os.geteuid() != 0:
         log.warning("not running as root: pinning network namespaces will fail")
 
-    from . import netns
+    from . import netns, rootlock
     from .manager import SandboxManager
     from .podnet import PodNetwork
     from .server import SocketInUse, serve
@@ -98,6 +98,11 @@ def _serve(args: argparse.Namespace) -> int:
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
+    try:
+        root = rootlock.claim(cfg.root)   # before anything reads or repairs the root
+    except rootlock.HostError as exc:
+        print(f"cri-shim: {exc}", file=sys.stderr)
+        return 1
     try:
         os.makedirs(cfg.state, mode=0o700, exist_ok=True)
         manager = SandboxManager(cfg, PodNetwork(cfg.cni), FileStore(os.path.join(cfg.root, "sandboxes")))
@@ -114,6 +119,8 @@ def _serve(args: argparse.Namespace) -> int:
     except OSError as exc:
         print(f"cri-shim: {exc}", file=sys.stderr)
         return 1
+    finally:
+        root.release()
     return 0
 
 

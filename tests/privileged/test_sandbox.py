@@ -6,6 +6,8 @@ import ipaddress
 import json
 import os
 import signal
+import subprocess
+import sys
 import time
 
 import grpc
@@ -13,7 +15,7 @@ import pytest
 
 from cri_shim.api import api_pb2 as pb
 
-from .harness import Shim, bridge_conflist, pod_config
+from .harness import REPO, Shim, bridge_conflist, pod_config
 
 pytestmark = pytest.mark.privileged
 
@@ -136,3 +138,33 @@ def test_host_network_sandbox_has_no_netns_and_no_ip(shim: Shim) -> None:
     assert shim.pinned() == []
     shim.runtime.RemovePodSandbox(pb.RemovePodSandboxRequest(pod_sandbox_id=sandbox_id))
     assert shim.leftovers() == {}
+
+
+def test_second_server_on_the_same_root_is_refused_before_touching_it(shim: Shim) -> None:
+    """Server B on A's root while A is mid-RunPodSandbox: B exits at once, and A's
+    sandbox comes up whole (B recovered, repaired and garbage-collected nothing)."""
+    sleeper = {"type": "shim-test", "sleepOnAdd": 3}
+    shim.write_conf("10-test.conflist", bridge_conflist("testnet", SUBNET, shim.ipam_dir,
+                                                        portmap=False, extra=[sleeper]))
+    shim.start()
+    future = shim.runtime.RunPodSandbox.future(pb.RunPodSandboxRequest(config=pod_config("web")))
+    deadline = time.monotonic() + 20
+    while not shim.ip_files("testnet") and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert shim.ip_files("testnet") and shim.state_files(), "A never got mid-set-up"
+    other = shim.work / "b.sock"
+    proc = subprocess.run(["nsenter", f"--net={shim.node.path}", sys.executable, "-m", "cri_shim",
+                           "serve", "--config", str(shim.config_path), "--listen", str(other)],
+                          capture_output=True, text=True, timeout=60,
+                          env=dict(os.environ, PYTHONPATH=str(REPO)))
+    assert proc.returncode == 1, proc.stderr
+    assert f"root {shim.work}/root is in use by another cri-shim (pid {shim.proc.pid})" in proc.stderr
+    assert not other.exists()
+    sandbox_id = future.result(timeout=30).pod_sandbox_id
+    st = status(shim, sandbox_id)
+    assert st.status.state == pb.SANDBOX_READY
+    ip = st.status.network.ip
+    shim.node.run("ping", "-c", "1", "-W", "2", ip)
+    assert shim.ip_files("testnet") == [ip] and len(shim.pinned()) == 1
+    shim.runtime.RemovePodSandbox(pb.RemovePodSandboxRequest(pod_sandbox_id=sandbox_id))
+    assert shim.leftovers("testnet") == {}
