@@ -23,6 +23,7 @@ class Sizes:
     pairs: int = 200                       # latency: A B pairs (pod cycles of each)
     warmup: int = 5                        # latency: pairs run first and not counted
     status_per_pod: int = 5                # latency: PodSandboxStatus calls per shim pod
+    batch: int = 15                        # latency: pods made before the batch is torn down
     conc_pods: tuple[int, ...] = (60, 240)
     conc_threads: tuple[int, ...] = (1, 8, 32)
     scale_steps: tuple[int, ...] = (0, 250, 1000)
@@ -37,7 +38,7 @@ class Sizes:
     @classmethod
     def quick(cls, pods: int = 40) -> "Sizes":
         n = max(1, pods)
-        return cls(pairs=n, warmup=2, status_per_pod=3, conc_pods=(n, 2 * n),
+        return cls(pairs=n, warmup=2, status_per_pod=3, batch=min(15, n), conc_pods=(n, 2 * n),
                    conc_threads=(1, 8, 32), scale_steps=(0, n, 4 * n),
                    scale_runs=max(3, n // 4), scale_status=max(10, n), scale_lists=max(3, n // 4),
                    soak_rounds=2, soak_pods=n,

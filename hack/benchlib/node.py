@@ -59,13 +59,15 @@ def plugin_dir() -> str | None:
 
 
 def bridge_plugin(subnet: str, data_dir: Path, *, bridge: str = "cni0") -> dict[str, Any]:
+    # kube-flannel's delegate shape (issue 8): hairpinMode and flannel's MTU too.
     return {"type": "bridge", "bridge": bridge, "isGateway": True, "ipMasq": True,
+            "hairpinMode": True, "mtu": 1450,
             "ipam": {"type": "host-local", "ranges": [[{"subnet": subnet}]],
                      "routes": [{"dst": "0.0.0.0/0"}], "dataDir": str(data_dir)}}
 
 
 def bench_conflist(work: Path) -> dict[str, Any]:
-    """bridge + host-local + portmap, the chain of the issue (loopback is go-cni's)."""
+    """bridge + host-local + portmap, kube-flannel-shaped (loopback is go-cni's)."""
     return {"cniVersion": "1.0.0", "name": NETWORK,
             "plugins": [bridge_plugin(SUBNET, work / "ipam"),
                         {"type": "portmap", "capabilities": {"portMappings": True}}]}
