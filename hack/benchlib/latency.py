@@ -64,8 +64,11 @@ def run(ctx: Context) -> dict[str, Any]:
     for s in out_["server_handler"].values():
         s.pop("samples_ms", None)
     out_["raw_steps"] = {name: summary(v) for name, v in steps.items()}
-    for name in out_["raw_steps"].values():
-        name.pop("samples_ms", None)
+    out_["server_plugins"] = {name: summary(v) for name, v in
+                              sorted(ctx.shim.plugin_ms(log_mark).items())}
+    for part in ("raw_steps", "server_plugins"):
+        for name in out_[part].values():
+            name.pop("samples_ms", None)
     out_["ratios"] = {
         "run_vs_add_median": ratio(out_["run"]["median_ms"], out_["raw_add"]["median_ms"]),
         "run_vs_add_p99": ratio(out_["run"]["p99_ms"], out_["raw_add"]["p99_ms"]),

@@ -80,6 +80,11 @@ def rows(results: dict[str, Any]) -> list[Row]:
             out.append(Row("raw chain steps median",
                            ", ".join(f"{k} {v['median_ms']:.1f}" for k, v in steps.items())
                            + " ms"))
+        plugins = lat.get("server_plugins") or {}
+        if plugins:
+            out.append(Row("plugin execs in the server, median",
+                           ", ".join(f"{k} {v['median_ms']:.1f}" for k, v in plugins.items())
+                           + " ms"))
     conc = results.get("concurrency")
     if conc and "batches" in conc:
         for b in conc["batches"]:

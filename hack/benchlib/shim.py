@@ -28,6 +28,8 @@ from .stats import ProcReading, read_proc
 
 RPC_TIMEOUT = 120.0
 _HANDLER_LINE = re.compile(r" cri (\w+) sandbox=\S+ code=OK duration_ms=([\d.]+)")
+_PLUGIN_LINE = re.compile(r"plugin=(\S+) command=(\S+) container=\S+ ifname=\S+ "
+                          r"duration_ms=([0-9.]+)")
 
 
 def pod_config(name: str, namespace: str = "bench") -> pb.PodSandboxConfig:
@@ -134,6 +136,18 @@ state = "{self.work.root}/state"
         out: dict[str, list[float]] = {}
         for m in _HANDLER_LINE.finditer(text):
             out.setdefault(m[1], []).append(float(m[2]) / 1000.0)
+        return out
+
+    def plugin_ms(self, since: int) -> dict[str, list[float]]:
+        """How long each plugin exec took in the server, by ``"<COMMAND> <plugin>"``
+        (its one log line per exec), after offset *since*: compared with the raw
+        chain's own steps, this says whether the plugins run slower in the server."""
+        with open(self.log_path, "rb") as f:
+            f.seek(since)
+            text = f.read().decode(errors="replace")
+        out: dict[str, list[float]] = {}
+        for m in _PLUGIN_LINE.finditer(text):
+            out.setdefault(f"{m[2]} {m[1]}", []).append(float(m[3]) / 1000.0)
         return out
 
     def version(self) -> float:

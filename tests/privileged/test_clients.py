@@ -174,7 +174,7 @@ def test_socket_mode_and_live_socket_refused(shim: Shim) -> None:
     assert (shim.socket.stat().st_mode & 0o777) == 0o660
     second = subprocess.run(
         ["nsenter", f"--net={shim.node.path}", sys.executable, "-m", "cri_shim",
-         "serve", "--config", str(shim.config_path)],
+         "serve", "--config", str(shim.config_path), "--root", str(shim.work / "root2")],
         capture_output=True, text=True, timeout=30, env=dict(os.environ, PYTHONPATH=str(REPO)))
     assert second.returncode != 0
     assert "another server is listening" in second.stderr
