@@ -29,7 +29,7 @@ TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (plugin s
 if TYPE_CHECKING:
     from typing import Any
 
-__all__ = ["Struct", "marshal", "marshal_indent", "marshal_fields", "loads"]
+__all__ = ["Struct", "marshal", "marshal_indent", "marshal_fields", "loads", "type_name"]
 
 _ESCAPES: dict[int, str] = {
     ord('"'): '\\"',
@@ -184,3 +184,14 @@ def loads(data: bytes | str) -> Any:
     """
     text = data.decode("utf-8", "replace") if isinstance(data, (bytes, bytearray)) else data
     return json.loads(text, parse_constant=_reject_constant)
+
+
+def type_name(value: Any) -> str:
+    """The JSON type name Go's decoder puts in ``cannot unmarshal <type>`` messages."""
+    if isinstance(value, bool):
+        return "bool"
+    if isinstance(value, (int, float)):
+        return "number"
+    if isinstance(value, str):
+        return "string"
+    return "array" if isinstance(value, list) else "object"

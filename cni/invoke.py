@@ -254,16 +254,16 @@ def _failure(output: ExecOutput, plugin: str, command: str) -> PluginError:
         if obj is None:
             obj = {}   # Go: unmarshalling null into a struct leaves it as it is
         problem = "" if isinstance(obj, dict) else (
-            f"json: cannot unmarshal {_go_type(obj)} into Go value of type types.Error")
+            f"json: cannot unmarshal {gojson.type_name(obj)} into Go value of type types.Error")
     except ValueError as exc:
         obj, problem = None, _go_syntax_error(output.stdout, exc)
     if isinstance(obj, dict):
         code, msg, details = obj.get("code", 0), obj.get("msg", ""), obj.get("details", "")
         if not isinstance(code, int) or isinstance(code, bool) or code < 0:
-            problem = f"json: cannot unmarshal {_go_type(code)} into Go struct field Error.code of type uint"
+            problem = f"json: cannot unmarshal {gojson.type_name(code)} into Go struct field Error.code of type uint"
         elif not isinstance(msg, str) or not isinstance(details, str):
             field, value = ("msg", msg) if not isinstance(msg, str) else ("details", details)
-            problem = (f"json: cannot unmarshal {_go_type(value)} into Go struct field "
+            problem = (f"json: cannot unmarshal {gojson.type_name(value)} into Go struct field "
                        f"Error.{field} of type string")
     if problem:
         return InvalidPluginOutput(
@@ -272,16 +272,6 @@ def _failure(output: ExecOutput, plugin: str, command: str) -> PluginError:
     if not msg:
         msg = f"{status} with an empty error message"
     return PluginError(code, msg, details, plugin=plugin, command=command)
-
-
-def _go_type(value: object) -> str:
-    if isinstance(value, bool):
-        return "bool"
-    if isinstance(value, (int, float)):
-        return "number"
-    if isinstance(value, str):
-        return "string"
-    return "array" if isinstance(value, list) else ("null" if value is None else "object")
 
 
 def decode_output(output: ExecOutput, *, plugin: str, command: str,

@@ -123,13 +123,7 @@ def config_field(obj: Mapping[str, Any], key: str) -> Any:
 
 def go_json_type(value: Any) -> str:
     """The JSON type name Go's decoder puts in ``cannot unmarshal <type>`` messages."""
-    if isinstance(value, bool):
-        return "bool"
-    if isinstance(value, (int, float)):
-        return "number"
-    if isinstance(value, str):
-        return "string"
-    return "array" if isinstance(value, list) else "object"
+    return gojson.type_name(value)
 
 
 def _decode_config(data: bytes) -> Mapping[str, Any]:

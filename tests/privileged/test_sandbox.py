@@ -103,9 +103,10 @@ def test_restarted_server_keeps_its_sandboxes(shim: Shim) -> None:
     assert shim.leftovers("testnet") == {}
 
 
-def test_crash_during_add_is_undone_on_next_start(shim: Shim) -> None:
-    """kill -9 while a plugin runs: the next start releases the IP and the netns."""
-    sleeper = {"type": "shim-test", "sleepOnAdd": 30}
+def start_slow_run(shim: Shim, sleep: float) -> grpc.Future:
+    """A RunPodSandbox whose chain ends in a plugin sleeping *sleep* seconds, returned
+    once bridge has allocated the pod's IP (the server is mid-set-up)."""
+    sleeper = {"type": "shim-test", "sleepOnAdd": sleep}
     shim.write_conf("10-test.conflist", bridge_conflist("testnet", SUBNET, shim.ipam_dir,
                                                         portmap=False, extra=[sleeper]))
     shim.start()
@@ -113,7 +114,13 @@ def test_crash_during_add_is_undone_on_next_start(shim: Shim) -> None:
     deadline = time.monotonic() + 20
     while not shim.ip_files("testnet") and time.monotonic() < deadline:
         time.sleep(0.05)
-    assert shim.ip_files("testnet"), "bridge never allocated an IP"
+    assert shim.ip_files("testnet") and shim.state_files(), "bridge never allocated an IP"
+    return future
+
+
+def test_crash_during_add_is_undone_on_next_start(shim: Shim) -> None:
+    """kill -9 while a plugin runs: the next start releases the IP and the netns."""
+    future = start_slow_run(shim, 30)
     assert shim.proc is not None
     shim.proc.send_signal(signal.SIGKILL)
     shim.proc.wait()
@@ -143,15 +150,7 @@ def test_host_network_sandbox_has_no_netns_and_no_ip(shim: Shim) -> None:
 def test_second_server_on_the_same_root_is_refused_before_touching_it(shim: Shim) -> None:
     """Server B on A's root while A is mid-RunPodSandbox: B exits at once, and A's
     sandbox comes up whole (B recovered, repaired and garbage-collected nothing)."""
-    sleeper = {"type": "shim-test", "sleepOnAdd": 3}
-    shim.write_conf("10-test.conflist", bridge_conflist("testnet", SUBNET, shim.ipam_dir,
-                                                        portmap=False, extra=[sleeper]))
-    shim.start()
-    future = shim.runtime.RunPodSandbox.future(pb.RunPodSandboxRequest(config=pod_config("web")))
-    deadline = time.monotonic() + 20
-    while not shim.ip_files("testnet") and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert shim.ip_files("testnet") and shim.state_files(), "A never got mid-set-up"
+    future = start_slow_run(shim, 3)
     other = shim.work / "b.sock"
     proc = subprocess.run(["nsenter", f"--net={shim.node.path}", sys.executable, "-m", "cri_shim",
                            "serve", "--config", str(shim.config_path), "--listen", str(other)],
