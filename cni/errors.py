@@ -25,10 +25,6 @@ from __future__ import annotations
 
 import json
 
-TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (plugin start-up)
-if TYPE_CHECKING:
-    from typing import Any
-
 __all__ = [
     "ERR_UNKNOWN",
     "ERR_INCOMPATIBLE_VERSION",
@@ -114,9 +110,9 @@ class CNIError(Exception):
         return (f"{type(self).__name__}(code={self.code!r}, msg={self.msg!r}, "
                 f"details={self.details!r}, plugin={self.plugin!r}, command={self.command!r})")
 
-    def to_dict(self, cni_version: str | None = None) -> dict[str, Any]:
+    def to_dict(self, cni_version: str | None = None) -> dict[str, object]:
         """The spec's error object: ``{"cniVersion", "code", "msg", "details"}``."""
-        obj: dict[str, Any] = {}
+        obj: dict[str, object] = {}
         if cni_version is not None:
             obj["cniVersion"] = cni_version
         obj["code"] = self.code

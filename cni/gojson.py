@@ -25,10 +25,6 @@ import json
 import math
 from collections.abc import Iterable, Mapping
 
-TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (plugin start-up)
-if TYPE_CHECKING:
-    from typing import Any
-
 __all__ = ["Struct", "marshal", "marshal_indent", "marshal_fields", "loads", "type_name"]
 
 _ESCAPES: dict[int, str] = {
@@ -76,7 +72,7 @@ def _number(n: int | float) -> str:
     return format(Decimal(repr(f)), "f")
 
 
-def _encode(value: Any, out: list[str]) -> None:
+def _encode(value: object, out: list[str]) -> None:
     if value is None:
         out.append("null")
     elif value is True:
@@ -111,14 +107,14 @@ def _encode(value: Any, out: list[str]) -> None:
         raise TypeError(f"cannot encode {type(value).__name__} as JSON")
 
 
-def marshal(value: Any) -> bytes:
+def marshal(value: object) -> bytes:
     """Encode *value* like Go's ``json.Marshal`` of the equivalent ``interface{}`` tree."""
     out: list[str] = []
     _encode(value, out)
     return "".join(out).encode("utf-8", "surrogatepass")
 
 
-def marshal_indent(value: Any, indent: str = "    ") -> bytes:
+def marshal_indent(value: object, indent: str = "    ") -> bytes:
     """``json.MarshalIndent(value, "", indent)``: ``marshal`` laid out as Go's
     ``json.Indent`` does (one element per line, ``": "`` after keys, empty objects
     and arrays kept as ``{}`` and ``[]``, no trailing newline)."""
@@ -159,7 +155,7 @@ def marshal_indent(value: Any, indent: str = "    ") -> bytes:
     return "".join(out).encode("utf-8", "surrogatepass")
 
 
-def marshal_fields(fields: Iterable[tuple[str, Any]]) -> bytes:
+def marshal_fields(fields: Iterable[tuple[str, object]]) -> bytes:
     """Encode an object whose top-level keys keep the given order (a Go struct),
     with every nested object sorted (Go maps)."""
     out: list[str] = ["{"]
@@ -173,11 +169,11 @@ def marshal_fields(fields: Iterable[tuple[str, Any]]) -> bytes:
     return "".join(out).encode("utf-8", "surrogatepass")
 
 
-def _reject_constant(name: str) -> Any:
+def _reject_constant(name: str) -> object:
     raise ValueError(f"invalid JSON value {name}")
 
 
-def loads(data: bytes | str) -> Any:
+def loads(data: bytes | str) -> object:
     """Decode JSON as Go would accept it: UTF-8 only, no NaN/Infinity.
 
     Raises ``json.JSONDecodeError`` (with ``lineno``/``colno``) or ``ValueError``.
@@ -186,7 +182,7 @@ def loads(data: bytes | str) -> Any:
     return json.loads(text, parse_constant=_reject_constant)
 
 
-def type_name(value: Any) -> str:
+def type_name(value: object) -> str:
     """The JSON type name Go's decoder puts in ``cannot unmarshal <type>`` messages."""
     if isinstance(value, bool):
         return "bool"

@@ -1,62 +1,37 @@
-"""Running plugins: find, environment, exec, decode. The one seam tests fake.
+"""Running a plugin: find it, build its environment, exec it, read its failure.
 
-Follows libcni ``pkg/invoke``: the environment is this process's plus the six
-``CNI_*`` variables (which win over inherited ones), a plugin binary is looked up
-by type in the bin dirs in order, exec is retried on "text file busy", and a
-failing plugin's stdout is decoded as the spec's error object.
+libcni's ``pkg/invoke``, which runtimes and plugins share: a runtime runs each plugin
+of a list with it, a meta plugin such as flannel runs its delegate with it. The
+environment is this process's plus the six ``CNI_*`` variables (which win over
+inherited ones), a binary is looked up by type in the bin dirs in order, exec is
+retried on "text file busy", and a failing plugin's stdout is read as the spec's error
+object (``raise_for_failure``; a successful ADD's result is ``cni.result``'s job).
 
 ``Exec`` is the seam: ``RawExec`` runs real binaries; tests pass a fake that records
-what it was given and returns scripted output.
+what it was given and returns scripted output (``libcni.testing.FakeExec``).
+
+``RawExec`` starts plugins with ``os.posix_spawn`` and collects their output with
+``poll``, not with ``subprocess``: ``subprocess`` imports threading, selectors, signal,
+locale and more, about 9 ms at every start of a plugin that delegates.
 """
 
 from __future__ import annotations
 
+import _signal  # signal's numbers without signal.py's enum set-up
+import abc
 import errno
 import os
-import sys
+import select
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 
 from . import gojson
-from ._frozen import Frozen
-from .errors import (ERR_DECODING_FAILURE, ERR_IO_FAILURE, ERR_UNKNOWN, CNIError,
-                     ExecTimeout, InvalidPluginOutput, PluginError, PluginNotFound)
-from .version import CURRENT_VERSION
+from .errors import (ERR_IO_FAILURE, ERR_UNKNOWN, CNIError, ExecTimeout, InvalidPluginOutput,
+                     PluginError, PluginNotFound)
+from .frozen import Frozen
 
-# A CNI plugin built on cni.skel imports this module at every start, so what only some
-# runs need is imported where it is used: subprocess and signal (exec), cni.result
-# (an ADD's output), logging (a record to emit), typing (type checkers only), and the
-# Exec protocol (see __getattr__ below).
-TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing
-if TYPE_CHECKING:
-    import logging
-    import subprocess
-    from typing import TypeVar
-
-    from ._exec import Exec
-    from .result import Result
-
-    T = TypeVar("T")
-
-__all__ = ["ExecOutput", "Exec", "RawExec", "PluginInfo", "find_plugin", "build_env",
-           "decode_output", "exec_plugin", "get_version_info"]
-
-if not TYPE_CHECKING:
-    def __getattr__(name: str) -> object:
-        # PEP 562: ``Exec``, a typing.Protocol, is loaded when first asked for (cni.api).
-        if name == "Exec":
-            from ._exec import Exec
-            globals()["Exec"] = Exec
-            return Exec
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
-def _log() -> logging.Logger | None:
-    """``logging.getLogger(__name__)``, or None while nothing has imported logging:
-    then no handler exists and our DEBUG/INFO records would go nowhere (Python's
-    last-resort handler takes WARNING and up), so a plugin need not load logging."""
-    module = sys.modules.get("logging")
-    return None if module is None else module.getLogger(__name__)
+__all__ = ["ExecOutput", "Exec", "RawExec", "find_plugin", "build_env", "raise_for_failure",
+           "exit_status", "stderr_details"]
 
 
 class ExecOutput(Frozen):
@@ -71,6 +46,21 @@ class ExecOutput(Frozen):
         self._set(stdout=stdout, stderr=stderr, returncode=returncode)
 
 
+class Exec(abc.ABC):
+    """Finds and runs plugin binaries. ``run`` returns whatever the plugin produced,
+    whatever its exit status; it raises only when the plugin could not be run
+    (``PluginNotFound``, ``ExecTimeout``, ``CNIError``)."""
+
+    @abc.abstractmethod
+    def run(self, plugin_path: str, stdin: bytes, env: Mapping[str, str],
+            timeout: float | None) -> ExecOutput:
+        """Run the plugin to completion, or kill it at *timeout* seconds."""
+
+    def find_plugin(self, name: str, bin_dirs: Sequence[str]) -> str:
+        """The plugin binary for type *name* (see the module function)."""
+        return find_plugin(name, bin_dirs)
+
+
 def find_plugin(name: str, bin_dirs: Sequence[str]) -> str:
     """The path of the first regular file named *name* in *bin_dirs* (libcni
     ``FindInPath``). Raises ``PluginNotFound``."""
@@ -83,68 +73,142 @@ def find_plugin(name: str, bin_dirs: Sequence[str]) -> str:
     raise PluginNotFound(name, list(bin_dirs))
 
 
-class RawExec:
-    """``Exec`` with real processes: no shell, fds closed, a new session per plugin
-    (so a timeout kills the plugin and whatever it spawned, such as its IPAM plugin),
-    and "text file busy" retried like libcni (the binary is being replaced)."""
+# What Python ignores and a child should get back at their defaults (as Popen's
+# restore_signals).
+_DEFAULT_SIGNALS = (_signal.SIGPIPE, _signal.SIGXFSZ)
 
-    def __init__(self, *, busy_retries: int = 5, busy_retry_delay: float = 1.0) -> None:
+
+class RawExec(Exec):
+    """``Exec`` with real processes: no shell, only stdin, stdout and stderr inherited,
+    SIGPIPE and SIGXFSZ at their defaults, "text file busy" retried like libcni (the
+    binary is being replaced), both outputs captured.
+
+    *process_group* (the runtime's choice) starts each plugin in a process group of
+    its own, so a timeout kills the plugin and whatever it started (its IPAM plugin);
+    not a new session, which on kernels with scheduler autogroups cost up to 7 ms an
+    exec. A meta plugin runs its delegate with ``process_group=False``, so that the
+    runtime's kill of the meta plugin's group reaches the delegate too.
+
+    One difference from ``subprocess`` no plugin can act on: glibc's ``posix_spawn``
+    starts the child with glibc's two internal signals (32 and 33, below ``SIGRTMIN``)
+    ignored; a glibc program installs its own handlers for them when it needs them, Go
+    programs do not use them.
+    """
+
+    def __init__(self, *, process_group: bool = True, busy_retries: int = 5,
+                 busy_retry_delay: float = 1.0) -> None:
+        self._process_group = process_group
         self._busy_retries = busy_retries
         self._busy_retry_delay = busy_retry_delay
 
-    def find_plugin(self, name: str, bin_dirs: Sequence[str]) -> str:
-        """See the module function ``find_plugin``."""
-        return find_plugin(name, bin_dirs)
-
     def run(self, plugin_path: str, stdin: bytes, env: Mapping[str, str],
             timeout: float | None) -> ExecOutput:
-        """Run the plugin to completion (or kill it at *timeout* seconds)."""
-        import subprocess
         plugin = os.path.basename(plugin_path)
+        deadline = None if timeout is None else time.monotonic() + timeout
+        in_r, in_w = os.pipe()
+        out_r, out_w = os.pipe()
+        err_r, err_w = os.pipe()
+        ours = {in_r, in_w, out_r, out_w, err_r, err_w}
+        actions: list[tuple[int, ...]] = [(os.POSIX_SPAWN_DUP2, in_r, 0),
+                                          (os.POSIX_SPAWN_DUP2, out_w, 1),
+                                          (os.POSIX_SPAWN_DUP2, err_w, 2)]
+        actions += [(os.POSIX_SPAWN_CLOSE, fd) for fd in _inherited_fds() if fd not in ours]
+        spawn = os.posix_spawn if os.sep in plugin_path else os.posix_spawnp
+        extra = {"setpgroup": 0} if self._process_group else {}
         attempt = 0
-        while True:
-            try:
-                proc = subprocess.Popen([plugin_path], stdin=subprocess.PIPE,
-                                        stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                        env=dict(env), close_fds=True,
-                                        # A process group of its own, so a timeout kills
-                                        # the delegates it started too. Not setsid(): a
-                                        # new session is a new scheduler autogroup,
-                                        # which cost up to 7 ms per exec here.
-                                        process_group=0)
-                break
-            except OSError as exc:
-                if exc.errno == errno.ETXTBSY and attempt < self._busy_retries:
-                    attempt += 1
-                    if (log := _log()) is not None:
-                        log.debug("plugin %s: text file busy, retry %d", plugin, attempt)
-                    time.sleep(self._busy_retry_delay)
-                    continue
-                if exc.errno == errno.ENOENT:
-                    raise PluginNotFound(plugin, [os.path.dirname(plugin_path)]) from exc
-                raise CNIError(ERR_IO_FAILURE, f"cannot execute {plugin_path}: "
-                               f"{exc.strerror or exc}", plugin=plugin) from exc
         try:
-            stdout, stderr = proc.communicate(stdin, timeout=timeout)
-        except subprocess.TimeoutExpired:
-            _kill_group(proc)
+            while True:
+                try:
+                    pid = spawn(plugin_path, [plugin_path], dict(env), file_actions=actions,
+                                setsigdef=_DEFAULT_SIGNALS, **extra)
+                    break
+                except OSError as exc:
+                    if exc.errno == errno.ETXTBSY and attempt < self._busy_retries:
+                        attempt += 1
+                        time.sleep(self._busy_retry_delay)
+                        continue
+                    for fd in (in_w, out_r, err_r):
+                        os.close(fd)
+                    if exc.errno == errno.ENOENT:
+                        raise PluginNotFound(plugin, [os.path.dirname(plugin_path)]) from exc
+                    raise CNIError(ERR_IO_FAILURE, f"cannot execute {plugin_path}: "
+                                   f"{exc.strerror or exc}", plugin=plugin) from exc
+        finally:
+            for fd in (in_r, out_w, err_w):
+                os.close(fd)
+        try:
+            stdout, stderr = _communicate(in_w, out_r, err_r, stdin, deadline)
+        except TimeoutError:
+            try:
+                if self._process_group:
+                    os.killpg(pid, _signal.SIGKILL)
+                else:
+                    os.kill(pid, _signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            os.waitpid(pid, 0)
             raise ExecTimeout(plugin, env.get("CNI_COMMAND"), timeout or 0.0) from None
-        if (log := _log()) is not None:
-            for line in stderr.decode("utf-8", "replace").splitlines():
-                log.debug("plugin %s stderr: %s", plugin, line)
-        return ExecOutput(stdout=stdout, stderr=stderr, returncode=proc.returncode)
+        _, status = os.waitpid(pid, 0)
+        return ExecOutput(stdout=stdout, stderr=stderr,
+                          returncode=os.waitstatus_to_exitcode(status))
 
 
-def _kill_group(proc: subprocess.Popen[bytes]) -> None:
-    import signal
+def _inherited_fds() -> list[int]:
+    """This process's inheritable descriptors above 2, which the child must not get
+    (``subprocess``'s ``close_fds``); the others are close-on-exec already."""
+    fds = []
+    for name in os.listdir("/proc/self/fd"):
+        fd = int(name)
+        try:
+            if fd > 2 and os.get_inheritable(fd):
+                fds.append(fd)
+        except OSError:
+            pass  # listdir's own descriptor, gone by now
+    return fds
+
+
+def _communicate(in_w: int, out_r: int, err_r: int, data: bytes,
+                 deadline: float | None) -> tuple[bytes, bytes]:
+    """Feed *data*, collect stdout and stderr until both close; closes all three. A
+    child that stops reading its stdin is not an error. Raises ``TimeoutError`` at
+    *deadline* (``time.monotonic()``), the descriptors closed."""
+    poller = select.poll()
+    chunks: dict[int, list[bytes]] = {out_r: [], err_r: []}
+    for fd in chunks:
+        poller.register(fd, select.POLLIN | select.POLLPRI)
+    view = memoryview(data)
+    offset = 0
+    if data:
+        poller.register(in_w, select.POLLOUT)
+        open_fds = {in_w, out_r, err_r}
+    else:
+        os.close(in_w)
+        open_fds = {out_r, err_r}
     try:
-        os.killpg(proc.pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
-    proc.wait()
-    for pipe in (proc.stdin, proc.stdout, proc.stderr):
-        if pipe is not None:
-            pipe.close()
+        while open_fds:
+            wait = None if deadline is None else max(0, int((deadline - time.monotonic()) * 1000))
+            ready = poller.poll(wait)
+            if not ready and deadline is not None and time.monotonic() >= deadline:
+                raise TimeoutError
+            for fd, _ in ready:
+                if fd == in_w:
+                    try:
+                        offset += os.write(in_w, view[offset:offset + select.PIPE_BUF])
+                    except BrokenPipeError:
+                        offset = len(data)
+                    done = offset >= len(data)
+                else:
+                    chunk = os.read(fd, 32768)
+                    chunks[fd].append(chunk)
+                    done = not chunk
+                if done:
+                    poller.unregister(fd)
+                    os.close(fd)
+                    open_fds.discard(fd)
+    finally:
+        for fd in open_fds:
+            os.close(fd)
+    return b"".join(chunks[out_r]), b"".join(chunks[err_r])
 
 
 def build_env(command: str, container_id: str = "", netns: str = "", ifname: str = "",
@@ -182,10 +246,10 @@ _GO_SIGNALS = {"CPU time limit exceeded": "CPU time limit exceeded",
                "I/O possible": "I/O possible"}
 
 
-def _exit_status(returncode: int) -> str:
+def exit_status(returncode: int) -> str:
     """``exec.ExitError.Error()``: ``exit status N`` or ``signal: killed``."""
     if returncode < 0:
-        import signal
+        import signal   # only a plugin that died of a signal needs its name
         text = signal.strsignal(-returncode) or f"signal {-returncode}"
         text = _GO_SIGNALS.get(text, text[:1].lower() + text[1:])
         return f"signal: {text}"
@@ -218,7 +282,7 @@ _QUOTE_ESCAPES = {'"': '\\"', "\\": "\\\\", "\a": "\\a", "\b": "\\b", "\f": "\\f
                   "\n": "\\n", "\r": "\\r", "\t": "\\t", "\v": "\\v"}
 
 
-def _with_stderr(details: str, stderr: bytes) -> str:
+def stderr_details(details: str, stderr: bytes) -> str:
     """*details* plus the last lines of *stderr* (ten lines, 2000 characters at most)."""
     tail = "\n".join(stderr.decode("utf-8", "replace").strip().splitlines()[-10:])[-2000:]
     if not tail:
@@ -236,19 +300,21 @@ def _go_syntax_error(data: bytes, exc: ValueError) -> str:
     return str(exc)
 
 
-def _snippet(data: bytes, limit: int = 200) -> str:
-    text = data.decode("utf-8", "replace").strip()
-    return text if len(text) <= limit else text[:limit] + "..."
-
-
-def _failure(output: ExecOutput, plugin: str, command: str) -> PluginError:
-    """A failed run as libcni's ``pluginErr`` (``pkg/invoke/raw_exec.go``) sees it:
-    the error object on stdout, or code 0 with libcni's own message."""
-    status = _exit_status(output.returncode)
+def raise_for_failure(output: ExecOutput, *, plugin: str, command: str) -> None:
+    """Raise what a failed run means, as libcni's ``pluginErr``
+    (``pkg/invoke/raw_exec.go``) reads it: the plugin's error object
+    (``PluginError``), or code 0 with libcni's own message (``InvalidPluginOutput``).
+    A successful run returns."""
+    if output.returncode == 0:
+        return
+    status = exit_status(output.returncode)
     if not output.stdout:
         msg = (f"netplugin failed: {_go_quote(output.stderr)}" if output.stderr else
                f"netplugin failed with no error message: {status}")
-        return InvalidPluginOutput(ERR_UNKNOWN, msg, plugin=plugin, command=command)
+        raise InvalidPluginOutput(ERR_UNKNOWN, msg, plugin=plugin, command=command)
+    code: object = 0
+    msg: object = ""
+    details: object = ""
     try:
         obj = gojson.loads(output.stdout)
         if obj is None:
@@ -260,136 +326,16 @@ def _failure(output: ExecOutput, plugin: str, command: str) -> PluginError:
     if isinstance(obj, dict):
         code, msg, details = obj.get("code", 0), obj.get("msg", ""), obj.get("details", "")
         if not isinstance(code, int) or isinstance(code, bool) or code < 0:
-            problem = f"json: cannot unmarshal {gojson.type_name(code)} into Go struct field Error.code of type uint"
+            problem = (f"json: cannot unmarshal {gojson.type_name(code)} into Go struct field "
+                       "Error.code of type uint")
         elif not isinstance(msg, str) or not isinstance(details, str):
             field, value = ("msg", msg) if not isinstance(msg, str) else ("details", details)
             problem = (f"json: cannot unmarshal {gojson.type_name(value)} into Go struct field "
                        f"Error.{field} of type string")
     if problem:
-        return InvalidPluginOutput(
+        raise InvalidPluginOutput(
             ERR_UNKNOWN, "netplugin failed but error parsing its diagnostic message "
             f"{_go_quote(output.stdout)}: {problem}", plugin=plugin, command=command)
-    if not msg:
-        msg = f"{status} with an empty error message"
-    return PluginError(code, msg, details, plugin=plugin, command=command)
-
-
-def decode_output(output: ExecOutput, *, plugin: str, command: str,
-                  cni_version: str = "") -> Result | None:
-    """Turn a plugin run into its outcome: the ``Result`` for a successful ADD, None
-    for other successful commands. A non-zero exit raises ``PluginError`` with the
-    plugin's code/msg/details, or ``InvalidPluginOutput`` when stdout holds no error
-    object; a successful ADD with empty or unparsable stdout raises
-    ``InvalidPluginOutput``. *cni_version* is the config's, assumed for a result that
-    does not say its version (libcni ``fixupResultVersion``)."""
-    if output.returncode != 0:
-        raise _failure(output, plugin, command)
-    if command != "ADD":
-        return None
-    if not output.stdout.strip():
-        raise InvalidPluginOutput(ERR_DECODING_FAILURE, "succeeded but printed no result",
-                                  _with_stderr("", output.stderr),
-                                  plugin=plugin, command=command)
-    from .result import parse_result
-    try:
-        return parse_result(output.stdout, expected_version=cni_version or "0.1.0")
-    except ValueError as exc:
-        raise InvalidPluginOutput(
-            ERR_DECODING_FAILURE, f"invalid result: {exc}",
-            _with_stderr(f"stdout: {_snippet(output.stdout)}", output.stderr),
-            plugin=plugin, command=command) from None
-
-
-def exec_plugin(exec_: Exec, *, plugin: str, plugin_path: str, command: str, stdin: bytes,
-                env: Mapping[str, str], timeout: float | None,
-                cni_version: str = "") -> Result | None:
-    """Run one plugin command through *exec_* and decode it (``decode_output``),
-    logging one line per run. Errors from the exec layer that are not ``CNIError``
-    become ``CNIError(ERR_IO_FAILURE)``."""
-    return _logged_run(exec_, plugin, plugin_path, command, stdin, env, timeout,
-                       lambda out: decode_output(out, plugin=plugin, command=command,
-                                                 cni_version=cni_version))
-
-
-def _logged_run(exec_: Exec, plugin: str, plugin_path: str, command: str, stdin: bytes,
-                env: Mapping[str, str], timeout: float | None,
-                decode: Callable[[ExecOutput], T]) -> T:
-    start = time.monotonic()
-    outcome = "ok"
-    try:
-        try:
-            output = exec_.run(plugin_path, stdin, env, timeout)
-        except CNIError as exc:
-            raise exc.with_context(plugin=plugin, command=command)
-        except OSError as exc:
-            raise CNIError(ERR_IO_FAILURE, f"cannot run {plugin_path}: {exc}",
-                           plugin=plugin, command=command) from exc
-        return decode(output)
-    except ExecTimeout:
-        outcome = "timeout"
-        raise
-    except CNIError as exc:
-        outcome = f"error code={exc.code}"
-        raise
-    finally:
-        if (log := _log()) is not None:
-            log.info("plugin=%s command=%s container=%s ifname=%s duration_ms=%.1f result=%s",
-                     plugin, command, env.get("CNI_CONTAINERID") or "-",
-                     env.get("CNI_IFNAME") or "-", (time.monotonic() - start) * 1000, outcome)
-
-
-class PluginInfo(Frozen):
-    """A plugin's answer to VERSION."""
-
-    _fields = ("cni_version", "supported_versions")
-    cni_version: str
-    supported_versions: tuple[str, ...]
-
-    def __init__(self, cni_version: str, supported_versions: tuple[str, ...]) -> None:
-        self._set(cni_version=cni_version, supported_versions=supported_versions)
-
-
-def _decode_version(output: ExecOutput, plugin: str) -> PluginInfo:
-    if output.returncode != 0:
-        raise _failure(output, plugin, "VERSION")
-    try:
-        obj = gojson.loads(output.stdout)
-    except ValueError:
-        obj = None
-    if not isinstance(obj, dict):
-        raise InvalidPluginOutput(ERR_DECODING_FAILURE, "decoding version info: not a JSON object",
-                                  f"stdout: {_snippet(output.stdout)}",
-                                  plugin=plugin, command="VERSION")
-    version = obj.get("cniVersion")
-    supported = obj.get("supportedVersions") or []
-    if not isinstance(version, str) or not version:
-        raise InvalidPluginOutput(ERR_DECODING_FAILURE,
-                                  "decoding version info: missing field cniVersion",
-                                  plugin=plugin, command="VERSION")
-    if not isinstance(supported, list) or not all(isinstance(v, str) for v in supported):
-        raise InvalidPluginOutput(ERR_DECODING_FAILURE,
-                                  "decoding version info: supportedVersions is not a list",
-                                  plugin=plugin, command="VERSION")
-    if not supported:
-        if version != "0.2.0":
-            raise InvalidPluginOutput(ERR_DECODING_FAILURE,
-                                      "decoding version info: missing field supportedVersions",
-                                      plugin=plugin, command="VERSION")
-        supported = ["0.1.0", "0.2.0"]  # 0.2.0 plugins predate the field
-    return PluginInfo(version, tuple(supported))
-
-
-def get_version_info(exec_: Exec, plugin_path: str, *, timeout: float | None = None,
-                     base_env: Mapping[str, str] | None = None) -> PluginInfo:
-    """Ask a plugin which spec versions it supports (libcni ``GetVersionInfo``).
-    A plugin that answers ``unknown CNI_COMMAND: VERSION`` is taken to support 0.1.0."""
-    plugin = os.path.basename(plugin_path)
-    env = build_env("VERSION", base=base_env)
-    stdin = b'{"cniVersion":"' + CURRENT_VERSION.encode() + b'"}'
-    try:
-        return _logged_run(exec_, plugin, plugin_path, "VERSION", stdin, env, timeout,
-                           lambda out: _decode_version(out, plugin))
-    except PluginError as exc:
-        if exc.msg == "unknown CNI_COMMAND: VERSION" and not exc.details:
-            return PluginInfo("0.1.0", ("0.1.0",))
-        raise
+    assert isinstance(code, int) and isinstance(msg, str) and isinstance(details, str)
+    raise PluginError(code, msg or f"{status} with an empty error message", details,
+                      plugin=plugin, command=command)

@@ -7,8 +7,8 @@ types do (``pkg/types/{020,040,100}``): only known fields, Go's ``omitempty`` ru
 and the 1.x -> 0.2.0 down-conversion keeps the first IPv4 and first IPv6 address and
 splits routes by family (dropping route fields 0.2.0 has no room for).
 
-Parsing raises ``ValueError``; callers map it to their own error (``invoke`` turns it
-into ``InvalidPluginOutput``).
+Parsing raises ``ValueError``; ``result_from_output`` reads an ADD's result from a
+plugin run and turns that into ``InvalidPluginOutput``.
 """
 
 from __future__ import annotations
@@ -19,14 +19,13 @@ from ipaddress import (IPv4Address, IPv4Interface, IPv4Network, IPv6Address, IPv
                        IPv6Network)
 
 from . import gojson
-from ._frozen import Frozen
+from .errors import ERR_DECODING_FAILURE, InvalidPluginOutput
+from .frozen import Frozen
+from .invoke import ExecOutput, raise_for_failure, stderr_details
 from .version import result_family
 
-TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (plugin start-up)
-if TYPE_CHECKING:
-    from typing import Any
-
-__all__ = ["Interface", "IPConfig", "Route", "DNS", "Result", "parse_result"]
+__all__ = ["Interface", "IPConfig", "Route", "DNS", "Result", "parse_result",
+           "result_from_output"]
 
 IPAddress = IPv4Address | IPv6Address
 IPInterface = IPv4Interface | IPv6Interface
@@ -105,9 +104,9 @@ class DNS(Frozen):
         """True when nothing is set (libcni then omits ``dns`` from 1.x results)."""
         return not (self.nameservers or self.domain or self.search or self.options)
 
-    def to_dict(self) -> dict[str, Any]:
+    def to_dict(self) -> dict[str, object]:
         """The wire form, omitting empty fields."""
-        out: dict[str, Any] = {}
+        out: dict[str, object] = {}
         if self.nameservers:
             out["nameservers"] = list(self.nameservers)
         if self.domain:
@@ -133,15 +132,15 @@ class Result(Frozen):
     ips: tuple[IPConfig, ...]
     routes: tuple[Route, ...]
     dns: DNS
-    raw: Mapping[str, Any] | None
+    raw: Mapping[str, object] | None
 
     def __init__(self, cni_version: str, interfaces: tuple[Interface, ...] = (),
                  ips: tuple[IPConfig, ...] = (), routes: tuple[Route, ...] = (),
-                 dns: DNS = _NO_DNS, raw: Mapping[str, Any] | None = None) -> None:
+                 dns: DNS = _NO_DNS, raw: Mapping[str, object] | None = None) -> None:
         self._set(cni_version=cni_version, interfaces=interfaces, ips=ips, routes=routes,
                   dns=dns, raw=raw)
 
-    def to_dict(self, version: str | None = None) -> dict[str, Any]:
+    def to_dict(self, version: str | None = None) -> dict[str, object]:
         """The wire form at *version* (default: the result's own version).
 
         Raises ``ValueError`` when the version is unsupported or, for 0.1.0/0.2.0,
@@ -151,7 +150,7 @@ class Result(Frozen):
         family = result_family(version)
         if family == "0.2":
             return self._to_020(version)
-        out: dict[str, Any] = {"cniVersion": version}
+        out: dict[str, object] = {"cniVersion": version}
         if self.interfaces:
             out["interfaces"] = [_interface_dict(i, full=family == "1.0") for i in self.interfaces]
         if self.ips:
@@ -163,16 +162,16 @@ class Result(Frozen):
             out["dns"] = self.dns.to_dict()
         return out
 
-    def _to_020(self, version: str) -> dict[str, Any]:
+    def _to_020(self, version: str) -> dict[str, object]:
         ip4 = next((ip for ip in self.ips if ip.version == 4), None)
         ip6 = next((ip for ip in self.ips if ip.version == 6), None)
         if ip4 is None and ip6 is None:
             raise ValueError("cannot convert: no valid IP addresses")
-        out: dict[str, Any] = {"cniVersion": version}
+        out: dict[str, object] = {"cniVersion": version}
         for key, ip in (("ip4", ip4), ("ip6", ip6)):
             if ip is None:
                 continue
-            conf: dict[str, Any] = {"ip": str(ip.address)}
+            conf: dict[str, object] = {"ip": str(ip.address)}
             if ip.gateway is not None:
                 conf["gateway"] = str(ip.gateway)
             routes = [{"dst": str(r.dst), **({"gw": str(r.gw)} if r.gw else {})}
@@ -183,7 +182,7 @@ class Result(Frozen):
         out["dns"] = self.dns.to_dict()
         return out
 
-    def to_go(self, version: str | None = None) -> dict[str, Any]:
+    def to_go(self, version: str | None = None) -> dict[str, object]:
         """``to_dict(version)`` ordered as libcni's Go result type marshals it: the
         0.x types (``types020``/``types040``) have no ``MarshalJSON``, so every object
         keeps its struct's field order (``gojson.Struct``); ``types100``'s goes through
@@ -224,7 +223,7 @@ class Result(Frozen):
         return tuple(sorted(chosen, key=lambda ip: ip.version))
 
 
-def _structs(value: Any) -> Any:
+def _structs(value: object) -> object:
     if isinstance(value, dict):
         return gojson.Struct((k, _structs(v)) for k, v in value.items())
     if isinstance(value, list):
@@ -232,8 +231,8 @@ def _structs(value: Any) -> Any:
     return value
 
 
-def _interface_dict(iface: Interface, *, full: bool) -> dict[str, Any]:
-    out: dict[str, Any] = {"name": iface.name}
+def _interface_dict(iface: Interface, *, full: bool) -> dict[str, object]:
+    out: dict[str, object] = {"name": iface.name}
     if iface.mac:
         out["mac"] = iface.mac
     if full and iface.mtu:
@@ -247,8 +246,8 @@ def _interface_dict(iface: Interface, *, full: bool) -> dict[str, Any]:
     return out
 
 
-def _ip_dict(ip: IPConfig, *, with_version: bool) -> dict[str, Any]:
-    out: dict[str, Any] = {}
+def _ip_dict(ip: IPConfig, *, with_version: bool) -> dict[str, object]:
+    out: dict[str, object] = {}
     if with_version:
         out["version"] = str(ip.version)
     if ip.interface is not None:
@@ -259,8 +258,8 @@ def _ip_dict(ip: IPConfig, *, with_version: bool) -> dict[str, Any]:
     return out
 
 
-def _route_dict(route: Route) -> dict[str, Any]:
-    out: dict[str, Any] = {"dst": str(route.dst)}
+def _route_dict(route: Route) -> dict[str, object]:
+    out: dict[str, object] = {"dst": str(route.dst)}
     if route.gw is not None:
         out["gw"] = str(route.gw)
     for key in ("mtu", "advmss", "priority"):
@@ -274,7 +273,7 @@ def _route_dict(route: Route) -> dict[str, Any]:
 
 # --- parsing -----------------------------------------------------------------------
 
-def parse_result(data: bytes | str | Mapping[str, Any], *,
+def parse_result(data: bytes | str | Mapping[str, object], *,
                  expected_version: str | None = None) -> Result:
     """Parse a result in any supported version's wire form.
 
@@ -282,7 +281,7 @@ def parse_result(data: bytes | str | Mapping[str, Any], *,
     config's version, as libcni's ``fixupResultVersion`` does), else 0.1.0. Raises
     ``ValueError`` naming what is wrong.
     """
-    obj: Any = gojson.loads(data) if isinstance(data, (bytes, bytearray, str)) else data
+    obj: object = gojson.loads(data) if isinstance(data, (bytes, bytearray, str)) else data
     if obj is None:  # a plugin printing "null" is accepted by libcni
         obj = {}
     if not isinstance(obj, Mapping):
@@ -316,13 +315,13 @@ def parse_result(data: bytes | str | Mapping[str, Any], *,
     return Result(version, interfaces, ips_, routes_, dns, raw)
 
 
-def _obj(value: Any, where: str) -> Mapping[str, Any]:
+def _obj(value: object, where: str) -> Mapping[str, object]:
     if not isinstance(value, Mapping):
         raise ValueError(f"{where}: expected an object")
     return value
 
 
-def _list(value: Any, where: str) -> list[Any]:
+def _list(value: object, where: str) -> list[object]:
     if value is None:
         return []
     if not isinstance(value, list):
@@ -330,7 +329,7 @@ def _list(value: Any, where: str) -> list[Any]:
     return value
 
 
-def _str(value: Any, where: str) -> str:
+def _str(value: object, where: str) -> str:
     if value is None:
         return ""
     if not isinstance(value, str):
@@ -338,7 +337,7 @@ def _str(value: Any, where: str) -> str:
     return value
 
 
-def _int(value: Any, where: str) -> int | None:
+def _int(value: object, where: str) -> int | None:
     if value is None:
         return None
     if isinstance(value, bool) or not isinstance(value, int):
@@ -346,11 +345,11 @@ def _int(value: Any, where: str) -> int | None:
     return value
 
 
-def _strs(value: Any, where: str) -> tuple[str, ...]:
+def _strs(value: object, where: str) -> tuple[str, ...]:
     return tuple(_str(v, f"{where}[{i}]") for i, v in enumerate(_list(value, where)))
 
 
-def _iface_addr(value: Any, where: str) -> IPInterface:
+def _iface_addr(value: object, where: str) -> IPInterface:
     text = _str(value, where)
     if "/" not in text:
         raise ValueError(f"{where}: {text!r} is not an address in CIDR notation")
@@ -360,7 +359,7 @@ def _iface_addr(value: Any, where: str) -> IPInterface:
         raise ValueError(f"{where}: {exc}") from None
 
 
-def _opt_addr(value: Any, where: str) -> IPAddress | None:
+def _opt_addr(value: object, where: str) -> IPAddress | None:
     text = _str(value, where)
     if not text:
         return None
@@ -370,7 +369,7 @@ def _opt_addr(value: Any, where: str) -> IPAddress | None:
         raise ValueError(f"{where}: {exc}") from None
 
 
-def _parse_interface(value: Any, where: str, *, full: bool) -> Interface:
+def _parse_interface(value: object, where: str, *, full: bool) -> Interface:
     obj = _obj(value, where)
     iface = Interface(name=_str(obj.get("name"), f"{where}.name"),
                       mac=_str(obj.get("mac"), f"{where}.mac"),
@@ -383,7 +382,7 @@ def _parse_interface(value: Any, where: str, *, full: bool) -> Interface:
                      pci_id=_str(obj.get("pciID"), f"{where}.pciID") or None)
 
 
-def _parse_ip(value: Any, where: str) -> IPConfig:
+def _parse_ip(value: object, where: str) -> IPConfig:
     obj = _obj(value, where)
     # The 0.3.x/0.4.0 "version" field is recomputed from the address on output.
     return IPConfig(address=_iface_addr(obj.get("address"), f"{where}.address"),
@@ -391,7 +390,7 @@ def _parse_ip(value: Any, where: str) -> IPConfig:
                     interface=_int(obj.get("interface"), f"{where}.interface"))
 
 
-def _parse_route(value: Any, where: str) -> Route:
+def _parse_route(value: object, where: str) -> Route:
     obj = _obj(value, where)
     dst = _str(obj.get("dst"), f"{where}.dst")
     try:
@@ -408,7 +407,7 @@ def _parse_route(value: Any, where: str) -> Route:
                  scope=_int(obj.get("scope"), f"{where}.scope"))
 
 
-def _parse_dns(value: Any) -> DNS:
+def _parse_dns(value: object) -> DNS:
     if value is None:
         return DNS()
     obj = _obj(value, "dns")
@@ -416,3 +415,25 @@ def _parse_dns(value: Any) -> DNS:
                domain=_str(obj.get("domain"), "dns.domain"),
                search=_strs(obj.get("search"), "dns.search"),
                options=_strs(obj.get("options"), "dns.options"))
+
+
+def result_from_output(output: ExecOutput, *, plugin: str, cni_version: str = "",
+                       command: str = "ADD") -> Result:
+    """The result of a plugin's ADD run: its failure raised (``raise_for_failure``),
+    else its stdout parsed. A result without ``cniVersion`` is in *cni_version*, the
+    config's (libcni ``fixupResultVersion``). Empty or unparsable stdout raises
+    ``InvalidPluginOutput`` with the tail of the plugin's stderr."""
+    raise_for_failure(output, plugin=plugin, command=command)
+    if not output.stdout.strip():
+        raise InvalidPluginOutput(ERR_DECODING_FAILURE, "succeeded but printed no result",
+                                  stderr_details("", output.stderr),
+                                  plugin=plugin, command=command)
+    try:
+        return parse_result(output.stdout, expected_version=cni_version or "0.1.0")
+    except ValueError as exc:
+        text = output.stdout.decode("utf-8", "replace").strip()
+        snippet = text if len(text) <= 200 else text[:200] + "..."
+        raise InvalidPluginOutput(
+            ERR_DECODING_FAILURE, f"invalid result: {exc}",
+            stderr_details(f"stdout: {snippet}", output.stderr),
+            plugin=plugin, command=command) from None

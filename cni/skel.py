@@ -27,6 +27,7 @@ Standard library and ``cni`` only: plugins start once per pod operation.
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import re
@@ -34,20 +35,11 @@ import sys
 from collections.abc import Callable, Mapping, Sequence
 
 from . import gojson
-from ._frozen import Frozen
+from .frozen import Frozen
 from .errors import (ERR_DECODING_FAILURE, ERR_INCOMPATIBLE_VERSION, ERR_INTERNAL,
                      ERR_INVALID_ENV, ERR_INVALID_NETNS, ERR_INVALID_NETWORK_CONFIG,
                      ERR_IO_FAILURE, CNIError)
 from .version import CURRENT_VERSION, version_ge
-
-# A plugin starts once per pod operation: typing, cni.result (only a command that
-# returns a Result has loaded it) and traceback (an unexpected exception) are not
-# imported up front.
-TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing
-if TYPE_CHECKING:
-    from typing import IO, Any
-
-    from .result import Result
 
 __all__ = ["CmdArgs", "CommandFunc", "plugin_main", "config_field", "go_json_type"]
 
@@ -69,7 +61,9 @@ class CmdArgs(Frozen):
                   path=path, stdin_data=stdin_data)
 
 
-CommandFunc = Callable[[CmdArgs], "Result | Mapping[str, Any] | bytes | str | None"]
+# What a command returns: a ``cni.result.Result`` (anything with ``to_go``), a mapping,
+# raw bytes or text to print, or None for no output.
+CommandFunc = Callable[[CmdArgs], object]
 
 _ATTACHMENT = frozenset({"ADD", "CHECK", "DEL"})
 _ALL = _ATTACHMENT | {"GC", "STATUS"}
@@ -108,7 +102,7 @@ _ENV_VARS: tuple[tuple[str, frozenset[str], Callable[[str], None] | None], ...] 
 )
 
 
-def config_field(obj: Mapping[str, Any], key: str) -> Any:
+def config_field(obj: Mapping[str, object], key: str) -> object:
     """``obj[key]`` the way Go's ``encoding/json`` fills a struct field: an exact key,
     else a case-insensitive one (the last such key wins); None when absent."""
     if key in obj:
@@ -121,12 +115,12 @@ def config_field(obj: Mapping[str, Any], key: str) -> Any:
     return found
 
 
-def go_json_type(value: Any) -> str:
+def go_json_type(value: object) -> str:
     """The JSON type name Go's decoder puts in ``cannot unmarshal <type>`` messages."""
     return gojson.type_name(value)
 
 
-def _decode_config(data: bytes) -> Mapping[str, Any]:
+def _decode_config(data: bytes) -> Mapping[str, object]:
     """skel's ``validateConfig``: JSON with a valid network name (codes 6 and 7)."""
     if not data.strip():
         raise CNIError(ERR_DECODING_FAILURE,
@@ -154,7 +148,7 @@ def _decode_config(data: bytes) -> Mapping[str, Any]:
     return obj
 
 
-def _config_version(conf: Mapping[str, Any]) -> str:
+def _config_version(conf: Mapping[str, object]) -> str:
     """``version.ConfigDecoder``: the config's ``cniVersion``, ``""`` meaning 0.1.0."""
     version = config_field(conf, "cniVersion")
     if version is not None and not isinstance(version, str):
@@ -223,7 +217,7 @@ def _read_env(environ: Mapping[str, str]) -> tuple[str, dict[str, str]]:
     return command, values
 
 
-def _read_stdin(stdin: IO[bytes] | bytes | None) -> bytes:
+def _read_stdin(stdin: io.BufferedIOBase | bytes | None) -> bytes:
     if isinstance(stdin, (bytes, bytearray)):
         return bytes(stdin)
     stream = stdin if stdin is not None else sys.stdin.buffer
@@ -233,11 +227,11 @@ def _read_stdin(stdin: IO[bytes] | bytes | None) -> bytes:
         raise CNIError(ERR_IO_FAILURE, f"error reading from stdin: {exc}") from None
 
 
-def _render(output: Any) -> bytes:
+def _render(output: object) -> bytes:
     """What a command returned, as Go's ``types.PrettyPrint`` writes it."""
-    result = sys.modules.get("cni.result")  # no Result exists unless it was loaded
-    if result is not None and isinstance(output, result.Result):
-        output = output.to_go()
+    to_go = getattr(output, "to_go", None)   # a Result: marshalled as its Go type
+    if to_go is not None:
+        output = to_go()
     if isinstance(output, (bytes, bytearray)):
         return bytes(output)
     if isinstance(output, str):
@@ -255,8 +249,9 @@ def plugin_main(add: CommandFunc, del_: CommandFunc, check: CommandFunc | None =
                 status: CommandFunc | None = None, gc: CommandFunc | None = None, *,
                 supported_versions: Sequence[str], about: str = "",
                 argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = None,
-                stdin: IO[bytes] | bytes | None = None, stdout: IO[bytes] | None = None,
-                stderr: IO[str] | None = None) -> int:
+                stdin: io.BufferedIOBase | bytes | None = None,
+                stdout: io.BufferedIOBase | None = None,
+                stderr: io.TextIOBase | None = None) -> int:
     """Run one plugin invocation; returns the exit code (0, or 1 after printing the
     error object on *stdout*).
 

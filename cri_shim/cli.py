@@ -28,7 +28,7 @@ def main(argv: list[str] | None = None) -> int:
         from flannel import agent
         return agent.main(argv[1:])
     if argv[:1] == ["install-flannel"]:
-        from flannel import install
+        from flannelcni import install
         return install.main(argv[1:])
     parser = argparse.ArgumentParser(prog="cri-shim", description=(
         "A CRI runtime service for the pod-networking path: kubelet, crictl or critest "

@@ -19,7 +19,7 @@ import os
 import re
 from typing import Any, Mapping, Sequence
 
-from cni._atomic import write_atomic
+from atomicfile import write_atomic
 
 CONF_FILENAME = "10-containerd-net.conflist"
 

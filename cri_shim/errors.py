@@ -14,7 +14,7 @@
     │   └── StoreError                writing or removing a record, naming its file
     └── ConfigFileError               not a gRPC error: the CLI exits 2 with it
 
-CNI errors (``cni.CNIError`` and its subclasses) raised below the sandbox manager are
+CNI errors (``libcni.CNIError`` and its subclasses) raised below the sandbox manager are
 wrapped in ``NetworkError`` with ``raise ... from``; the plugin's own code, message and
 details stay in the text the client sees, e.g.
 ``failed to set up network for sandbox "ab12..": plugin "bridge" failed on ADD (CNI error code 7): ...``.
@@ -32,7 +32,7 @@ import os
 
 import grpc
 
-import cni
+import libcni
 
 __all__ = [
     "ShimError",
@@ -84,9 +84,9 @@ class NetworkNotReady(FailedPrecondition):
 
 
 class NetworkError(ShimError):
-    """A CNI operation failed; ``__cause__`` is the ``cni.CNIError``."""
+    """A CNI operation failed; ``__cause__`` is the ``libcni.CNIError``."""
 
-    def __init__(self, message: str, cause: cni.CNIError) -> None:
+    def __init__(self, message: str, cause: libcni.CNIError) -> None:
         super().__init__(f"{message}: {cause}")
         self.cause = cause
         self.code = _cni_code(cause)
@@ -141,13 +141,13 @@ class ConfigFileError(ShimError):
     code = grpc.StatusCode.INVALID_ARGUMENT
 
 
-def _cni_code(err: cni.CNIError) -> grpc.StatusCode:
+def _cni_code(err: libcni.CNIError) -> grpc.StatusCode:
     # A plugin or config nobody can run is the node's state, not the request's fault.
-    if isinstance(err, (cni.PluginNotFound, cni.ConfigError)):
+    if isinstance(err, (libcni.PluginNotFound, libcni.ConfigError)):
         return grpc.StatusCode.FAILED_PRECONDITION
-    if isinstance(err, cni.ExecTimeout):
+    if isinstance(err, libcni.ExecTimeout):
         return grpc.StatusCode.DEADLINE_EXCEEDED
-    if err.code == cni.ERR_TRY_AGAIN_LATER:
+    if err.code == libcni.ERR_TRY_AGAIN_LATER:
         return grpc.StatusCode.UNAVAILABLE
     # containerd returns a plain (UNKNOWN) error for a failed plugin; so do we.
     return grpc.StatusCode.UNKNOWN
@@ -157,6 +157,6 @@ def grpc_status(exc: BaseException) -> tuple[grpc.StatusCode, str]:
     """Map any exception to the (code, message) a gRPC client gets."""
     if isinstance(exc, ShimError):
         return exc.code, str(exc)
-    if isinstance(exc, cni.CNIError):
+    if isinstance(exc, libcni.CNIError):
         return _cni_code(exc), str(exc)
     return grpc.StatusCode.INTERNAL, f"internal error: {type(exc).__name__}: {exc}"

@@ -26,7 +26,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping
 
-import cni
+import libcni
 
 from . import netns as netns_mod
 from .config import Config
@@ -223,7 +223,7 @@ class SandboxManager:
             return
         try:
             planned = self.network.plan()
-        except cni.CNIError as exc:
+        except libcni.CNIError as exc:
             raise NetworkError(f'failed to set up network for sandbox "{rec.id}"', exc) from exc
         if not planned:
             raise NetworkNotReady(self.network.not_ready_detail())
@@ -239,13 +239,13 @@ class SandboxManager:
             if not ips:
                 # containerd: "failed to find network info for sandbox"; kubelet would
                 # recreate an IP-less sandbox forever.
-                raise cni.CNIError(cni.ERR_UNKNOWN, "no IP address on eth0 in the CNI result",
+                raise libcni.CNIError(libcni.ERR_UNKNOWN, "no IP address on eth0 in the CNI result",
                                    json.dumps(results_json.get("eth0", {})))
             ready = rec.replace(state=READY, results=results_json)
             self.store.put(ready)   # a sandbox not on disk must not exist: undone below
         except BaseException as exc:
             self._undo(entry, rec)
-            if isinstance(exc, cni.CNIError):
+            if isinstance(exc, libcni.CNIError):
                 raise NetworkError(f'failed to set up network for sandbox "{rec.id}"', exc) from exc
             raise
         entry.record = ready
@@ -321,7 +321,7 @@ class SandboxManager:
             netns = rec.netns_path if self._netns.is_pinned(rec.netns_path) else ""
             try:
                 self.network.teardown(rec.networks, spec, rec.id, netns, deadline=deadline)
-            except cni.CNIError as exc:
+            except libcni.CNIError as exc:
                 raise NetworkError(f'failed to destroy network for sandbox "{rec.id}"', exc) from exc
         if rec.netns_path:
             self._netns.unpin(rec.netns_path)

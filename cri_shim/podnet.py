@@ -24,7 +24,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Callable, Mapping, Sequence
 
-import cni
+import libcni
 
 from .config import CNISettings
 from .store import PlannedNetwork
@@ -74,8 +74,8 @@ class PodNetworkSpec:
 @dataclass(frozen=True)
 class NetworkStatus:
     ready: bool
-    networks: tuple[cni.NetworkConfigList, ...]
-    skipped: tuple[cni.SkippedFile, ...]
+    networks: tuple[libcni.NetworkConfigList, ...]
+    skipped: tuple[libcni.SkippedFile, ...]
     conf_dir: str
 
 
@@ -115,9 +115,9 @@ def capability_args(spec: PodNetworkSpec) -> dict[str, Any]:
 class PodNetwork:
     """Attaches and detaches a pod's networks; safe to use from many threads."""
 
-    def __init__(self, settings: CNISettings, exec: cni.Exec | None = None) -> None:
+    def __init__(self, settings: CNISettings, exec: libcni.Exec | None = None) -> None:
         self.settings = settings
-        self._cni = cni.CNIConfig(list(settings.bin_dirs), exec=exec,
+        self._cni = libcni.CNIConfig(list(settings.bin_dirs), exec=exec,
                                   cache_dir=settings.cache_dir, timeout=settings.plugin_timeout)
         # Attaches a pod's second and later networks beside its first (see _each);
         # its tasks never wait for each other, so a full pool only queues them.
@@ -134,7 +134,7 @@ class PodNetwork:
         with self._lock:
             if sig == self._signature:
                 return self._status
-        load = cni.load_conf_dir(self.settings.conf_dir, self.settings.max_conf_num)
+        load = libcni.load_conf_dir(self.settings.conf_dir, self.settings.max_conf_num)
         for skipped in load.skipped:
             log.warning("CNI config %s skipped: %s", skipped.path, skipped.reason)
         status = NetworkStatus(bool(load.networks), tuple(load.networks), tuple(load.skipped),
@@ -149,7 +149,7 @@ class PodNetwork:
     def plan(self) -> tuple[PlannedNetwork, ...]:
         """The networks a new pod gets now; empty when no CNI config is loaded.
 
-        Raises ``cni.PluginNotFound`` when a plugin binary is in no bin dir."""
+        Raises ``libcni.PluginNotFound`` when a plugin binary is in no bin dir."""
         status = self.status()
         if not status.ready:
             return ()
@@ -163,7 +163,7 @@ class PodNetwork:
             for plugin in _parse(net).plugins:
                 try:
                     self._cni.exec.find_plugin(plugin.type, self.settings.bin_dirs)
-                except cni.CNIError as exc:
+                except libcni.CNIError as exc:
                     raise exc.with_context(plugin=plugin.type, command="ADD")
         return tuple(planned)
 
@@ -179,7 +179,7 @@ class PodNetwork:
 
     def setup(self, planned: Sequence[PlannedNetwork], spec: PodNetworkSpec,
               sandbox_id: str, netns: str, *, deadline: float | None = None
-              ) -> dict[str, cni.Result]:
+              ) -> dict[str, libcni.Result]:
         """ADD every planned network; returns ifname -> result.
 
         Like go-cni's ``Setup``, the networks are attached concurrently, unless
@@ -187,12 +187,12 @@ class PodNetwork:
         run in order, as libcni does. The first failure (in plan order) is raised; on
         failure nothing is undone here: the caller owns the teardown of the whole plan.
         *deadline* (``time.monotonic()``) is the caller's: plugins still running at it
-        are killed (``cni.DeadlineExceeded``).
+        are killed (``libcni.DeadlineExceeded``).
         """
         args, caps = cni_args(spec, sandbox_id), capability_args(spec)
 
-        def add(net: PlannedNetwork) -> cni.Result:
-            rt = cni.RuntimeConf(container_id=sandbox_id, netns=netns, ifname=net.ifname,
+        def add(net: PlannedNetwork) -> libcni.Result:
+            rt = libcni.RuntimeConf(container_id=sandbox_id, netns=netns, ifname=net.ifname,
                                  args=args, capability_args=caps)
             return self._cni.add_network_list(_parse(net), rt, deadline=deadline)
 
@@ -217,7 +217,7 @@ class PodNetwork:
         gone = functools.partial(already_gone, netns=netns)
 
         def delete(net: PlannedNetwork) -> None:
-            rt = cni.RuntimeConf(container_id=sandbox_id, netns=netns, ifname=net.ifname,
+            rt = libcni.RuntimeConf(container_id=sandbox_id, netns=netns, ifname=net.ifname,
                                  args=args, capability_args=caps)
             self._cni.del_network_list(_parse(net), rt, deadline=deadline, ignore=gone)
 
@@ -262,7 +262,7 @@ class PodNetwork:
         for net in self.status().networks:
             try:
                 self._cni.get_status_network_list(net)
-            except cni.CNIError as exc:
+            except libcni.CNIError as exc:
                 return str(exc)
         return ""
 
@@ -272,17 +272,17 @@ class PodNetwork:
         GC with ``cni.dev/valid-attachments``. Errors are logged, not raised."""
         networks = list(self.status().networks)
         if not self.settings.use_internal_loopback:
-            networks.append(cni.conflist_from_bytes(LOOPBACK_CONFLIST))
+            networks.append(libcni.conflist_from_bytes(LOOPBACK_CONFLIST))
         for net in networks:
-            keep = [cni.GCAttachment(container_id=sid, ifname=ifname)
+            keep = [libcni.GCAttachment(container_id=sid, ifname=ifname)
                     for name, sid, ifname in valid if name == net.name]
             try:
                 self._cni.gc_network_list(net, keep)
-            except cni.CNIError as exc:
+            except libcni.CNIError as exc:
                 log.warning("GC of network %s: %s", net.name, exc)
 
 
-def already_gone(err: cni.CNIError, *, netns: str) -> bool:
+def already_gone(err: libcni.CNIError, *, netns: str) -> bool:
     """Whether a DEL error only says that the thing to remove is not there, which
     go-cni's ``Remove`` takes as done: any error whose text says "not found", and,
     when the netns is already gone (passed empty), one saying "no such file or
@@ -292,18 +292,18 @@ def already_gone(err: cni.CNIError, *, netns: str) -> bool:
     return "not found" in text or (not netns and "no such file or directory" in text)
 
 
-def _parse(net: PlannedNetwork) -> cni.NetworkConfigList:
+def _parse(net: PlannedNetwork) -> libcni.NetworkConfigList:
     return _parse_bytes(net.conflist, net.name)
 
 
 @functools.lru_cache(maxsize=64)
-def _parse_bytes(conflist: bytes, name: str) -> cni.NetworkConfigList:
+def _parse_bytes(conflist: bytes, name: str) -> libcni.NetworkConfigList:
     # Every ADD/DEL of every pod parses the same few conflists: parse each once.
-    return cni.conflist_from_bytes(conflist, source=f"network {name}")
+    return libcni.conflist_from_bytes(conflist, source=f"network {name}")
 
 
 @functools.lru_cache(maxsize=64)
-def _self_contained(net: cni.NetworkConfigList) -> bytes:
+def _self_contained(net: libcni.NetworkConfigList) -> bytes:
     """The conflist's bytes, with plugins libcni loaded from ``<conf_dir>/<name>/``
     written inline, so the sandbox record (and the DEL that reads it) has them all."""
     if len(_parse_bytes(net.raw, net.name).plugins) == len(net.plugins):
@@ -340,7 +340,7 @@ def pod_ips(results: Mapping[str, Mapping[str, Any]], ip_pref: str) -> list[str]
     """
     ips: list[str] = []
     for ifname in sorted((i for i in results if i.startswith("eth")), key=_if_index):
-        result = cni.parse_result(results[ifname])
+        result = libcni.parse_result(results[ifname])
         chosen = [str(ip.address.ip) for ip in sorted(result.sandbox_ips(ifname), key=result.ips.index)]
         if ifname == "eth0" and ip_pref in ("ipv4", "ipv6"):
             want = 4 if ip_pref == "ipv4" else 6
@@ -354,6 +354,6 @@ def _if_index(ifname: str) -> int:
     return int(ifname[3:]) if ifname[3:].isdigit() else 1 << 30
 
 
-def result_json(result: cni.Result) -> dict[str, Any]:
+def result_json(result: libcni.Result) -> dict[str, Any]:
     """A result as the plugins returned it (for the store and verbose status)."""
     return json.loads(json.dumps(result.raw))

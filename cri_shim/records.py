@@ -25,7 +25,7 @@ import os
 import re
 from collections.abc import Iterator
 
-from cni._atomic import write_atomic
+from atomicfile import write_atomic
 
 from .errors import StoreError
 

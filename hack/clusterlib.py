@@ -190,7 +190,7 @@ class Cluster:
         self.underlay.run("ip", "link", "set", "br0", "up")
         self.start_etcd()
         self.bin_dir = self.work / "bin"
-        from flannel.install import install
+        from flannelcni.install import install
         install(str(self.bin_dir))
         for _ in range(n):
             self.add_node()

@@ -28,7 +28,7 @@ from ipaddress import IPv4Network, IPv6Network, ip_network
 from pathlib import Path
 from typing import Any
 
-from cni._atomic import write_atomic
+from atomicfile import write_atomic
 
 from . import flanneljson
 from .allocator import RangeAllocator, allocate_podcidrs

@@ -1,6 +1,6 @@
 """The flannel plugin's cost: ADD/DEL through ``flannel`` versus its delegate alone.
 
-The plugin (``flannel/plugin.py``) is a Python program started once per ADD and DEL;
+The plugin (``flannelcni/plugin.py``) is a Python program started once per ADD and DEL;
 it reads ``subnet.env``, writes the delegate config to ``<dataDir>/<containerID>``
 and execs the delegate (bridge). The comparison runs both through the raw chain
 (pin + ADD, DEL + unpin), interleaved: A = a conflist with the flannel plugin, B =
@@ -34,19 +34,19 @@ VERSION = "1.0.0"
 
 def install_plugin(bin_dir: Path) -> tuple[Path, str]:
     """A ``flannel`` executable in *bin_dir*: the project's own launcher
-    (``python -m flannel.install DIR``) when there is one, else what a console-script
-    entry point (``flannel = flannel.plugin:main``) would install. Returns the path
+    (``python -m flannelcni.install DIR``) when there is one, else what a console-script
+    entry point (``flannel = flannelcni.plugin:main``) would install. Returns the path
     and which of the two it is."""
     path = bin_dir / "flannel"
     if INSTALLER.exists():
-        subprocess.run([sys.executable, "-m", "flannel.install", str(bin_dir)], check=True,
+        subprocess.run([sys.executable, "-m", "flannelcni.install", str(bin_dir)], check=True,
                        capture_output=True, cwd=str(REPO), env=dict(os.environ, PYTHONPATH=str(REPO)))
-        return path, "python -m flannel.install"
+        return path, "python -m flannelcni.install"
     path.write_text(f"#!{sys.executable}\n"
                     f"import sys\nsys.path.insert(0, {str(REPO)!r})\n"
-                    "from flannel.plugin import main\nsys.exit(main())\n")
+                    "from flannelcni.plugin import main\nsys.exit(main())\n")
     path.chmod(0o755)
-    return path, "console-script style wrapper (no flannel.install yet)"
+    return path, "console-script style wrapper (no flannelcni.install yet)"
 
 
 def availability(wrapper: Path) -> str | None:

@@ -25,7 +25,8 @@ from pathlib import Path
 
 import pytest
 
-from flannel.subnetenv import read_subnet_env, render_conflist
+from flannel.subnetenv import render_conflist
+from flannelcni.subnetenv import read_subnet_env
 from flannel.vxlan import vtep_mac
 from nodeipam.filestore import FileLeaseStore
 

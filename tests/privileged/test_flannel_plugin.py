@@ -22,7 +22,8 @@ from typing import Any
 
 import pytest
 
-import cni
+import libcni
+from cni import gojson
 from cri_shim import netns
 
 from .harness import PLUGIN_DIR, REPO, NodeNamespace, sh
@@ -35,19 +36,19 @@ ARGS = (("IgnoreUnknown", "1"), ("K8S_POD_NAMESPACE", "default"), ("K8S_POD_NAME
 
 
 class NodeExec:
-    """``cni.Exec`` that runs each plugin under ``nsenter --net=<node>``."""
+    """``libcni.Exec`` that runs each plugin under ``nsenter --net=<node>``."""
 
     def __init__(self, node: NodeNamespace) -> None:
         self.node = node
 
     def find_plugin(self, name: str, bin_dirs: Sequence[str]) -> str:
-        return cni.find_plugin(name, bin_dirs)
+        return libcni.find_plugin(name, bin_dirs)
 
     def run(self, plugin_path: str, stdin: bytes, env: Mapping[str, str],
-            timeout: float | None) -> cni.ExecOutput:
+            timeout: float | None) -> libcni.ExecOutput:
         proc = subprocess.run(["nsenter", f"--net={self.node.path}", plugin_path], input=stdin,
                               env=dict(env), capture_output=True, timeout=timeout or 60)
-        return cni.ExecOutput(proc.stdout, proc.stderr, proc.returncode)
+        return libcni.ExecOutput(proc.stdout, proc.stderr, proc.returncode)
 
 
 class FlannelNode:
@@ -63,17 +64,17 @@ class FlannelNode:
         self.bin_dir.mkdir()
         wrapper = self.bin_dir / "flannel"
         wrapper.write_text(f'#!/bin/sh\nPYTHONPATH="{REPO}" exec "{sys.executable}" '
-                           f'-m flannel.plugin "$@"\n')
+                           f'-m flannelcni.plugin "$@"\n')
         wrapper.chmod(0o755)
         for plugin in ("bridge", "host-local", "loopback", "portmap"):
             (self.bin_dir / plugin).symlink_to(os.path.join(PLUGIN_DIR, plugin))
         self.subnet_file.write_text(SUBNET_ENV)
         self.exec = NodeExec(node)
-        self.config = cni.CNIConfig([str(self.bin_dir)], exec=self.exec,
+        self.config = libcni.CNIConfig([str(self.bin_dir)], exec=self.exec,
                                     cache_dir=str(work / "cache"))
         self.pods: list[str] = []
 
-    def conflist(self) -> cni.NetworkConfigList:
+    def conflist(self) -> libcni.NetworkConfigList:
         """kube-flannel's conflist, flannel pointed at the temp dir; host-local's dataDir
         goes in flannel's own ``ipam`` section, which flannel completes for the delegate."""
         flannel = {"type": "flannel", "delegate": {"hairpinMode": True, "isDefaultGateway": True},
@@ -81,7 +82,7 @@ class FlannelNode:
                    "ipam": {"dataDir": str(self.ipam_dir)}}
         conf = {"name": "cbr0", "cniVersion": "0.3.1", "plugins": [
             flannel, {"type": "portmap", "capabilities": {"portMappings": True}}]}
-        return cni.conflist_from_bytes(json.dumps(conf, indent=2).encode())
+        return libcni.conflist_from_bytes(json.dumps(conf, indent=2).encode())
 
     def pod(self) -> str:
         path = netns.new_path(str(self.netns_dir))
@@ -93,8 +94,8 @@ class FlannelNode:
         return sh("nsenter", f"--net={pod}", *cmd)
 
     def run_plugin(self, plugin: str, command: str, container_id: str, pod: str,
-                   stdin: bytes) -> cni.ExecOutput:
-        env = cni.build_env(command, container_id, pod, "eth0", ARGS, [str(self.bin_dir)])
+                   stdin: bytes) -> libcni.ExecOutput:
+        env = libcni.build_env(command, container_id, pod, "eth0", ARGS, [str(self.bin_dir)])
         return self.exec.run(str(self.bin_dir / plugin), stdin, env, 60)
 
     def ip_files(self) -> list[str]:
@@ -125,7 +126,7 @@ def expected_delegate(fnode: FlannelNode) -> bytes:
 
 def test_pod_gets_flannel_network_through_real_bridge(fnode: FlannelNode) -> None:
     net, pod, cid = fnode.conflist(), fnode.pod(), "c0ffee01"
-    rt = cni.RuntimeConf(cid, pod, "eth0", ARGS)
+    rt = libcni.RuntimeConf(cid, pod, "eth0", ARGS)
     try:
         result = fnode.config.add_network_list(net, rt)
 
@@ -162,7 +163,7 @@ def test_pod_gets_flannel_network_through_real_bridge(fnode: FlannelNode) -> Non
     finally:
         try:
             fnode.config.del_network_list(net, rt)
-        except cni.CNIError:
+        except libcni.CNIError:
             pass
 
 
@@ -183,7 +184,7 @@ def _shape(obj: dict[str, Any]) -> dict[str, Any]:
 def test_same_shape_as_bridge_given_the_delegate_directly(fnode: FlannelNode) -> None:
     net = fnode.conflist()
     pod_a, pod_b = fnode.pod(), fnode.pod()
-    stdin = cni.gojson.marshal(dict(net.plugins[0].raw, name=net.name, cniVersion=net.cni_version))
+    stdin = gojson.marshal(dict(net.plugins[0].raw, name=net.name, cniVersion=net.cni_version))
     delegate = expected_delegate(fnode)
     try:
         via_flannel = fnode.run_plugin("flannel", "ADD", "flannel-a", pod_a, stdin)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import grpc
 import pytest
 
-import cni
+import libcni
 from cri_shim.errors import (AlreadyExists, FailedPrecondition, InvalidArgument, NetworkError,
                              NetworkNotReady, NotFound, grpc_status)
 
@@ -16,11 +16,11 @@ from cri_shim.errors import (AlreadyExists, FailedPrecondition, InvalidArgument,
     (AlreadyExists("x"), grpc.StatusCode.ALREADY_EXISTS),
     (FailedPrecondition("x"), grpc.StatusCode.FAILED_PRECONDITION),
     (NetworkNotReady(), grpc.StatusCode.FAILED_PRECONDITION),
-    (NetworkError("setup", cni.PluginNotFound("bridge", ["/opt/cni/bin"])), grpc.StatusCode.FAILED_PRECONDITION),
-    (NetworkError("setup", cni.ConfigError("bad", "/etc/cni/net.d/x.conf")), grpc.StatusCode.FAILED_PRECONDITION),
-    (NetworkError("setup", cni.PluginError(11, "later", "", plugin="bridge", command="ADD")), grpc.StatusCode.UNAVAILABLE),
-    (NetworkError("setup", cni.PluginError(7, "bad", "", plugin="bridge", command="ADD")), grpc.StatusCode.UNKNOWN),
-    (cni.PluginError(7, "bad", "", plugin="bridge", command="ADD"), grpc.StatusCode.UNKNOWN),
+    (NetworkError("setup", libcni.PluginNotFound("bridge", ["/opt/cni/bin"])), grpc.StatusCode.FAILED_PRECONDITION),
+    (NetworkError("setup", libcni.ConfigError("bad", "/etc/cni/net.d/x.conf")), grpc.StatusCode.FAILED_PRECONDITION),
+    (NetworkError("setup", libcni.PluginError(11, "later", "", plugin="bridge", command="ADD")), grpc.StatusCode.UNAVAILABLE),
+    (NetworkError("setup", libcni.PluginError(7, "bad", "", plugin="bridge", command="ADD")), grpc.StatusCode.UNKNOWN),
+    (libcni.PluginError(7, "bad", "", plugin="bridge", command="ADD"), grpc.StatusCode.UNKNOWN),
     (RuntimeError("boom"), grpc.StatusCode.INTERNAL),
 ])
 def test_codes(exc: Exception, code: grpc.StatusCode) -> None:
@@ -29,7 +29,7 @@ def test_codes(exc: Exception, code: grpc.StatusCode) -> None:
 
 def test_cni_error_text_survives_to_the_client() -> None:
     err = NetworkError('failed to set up network for sandbox "abc"',
-                       cni.PluginError(7, "invalid config", "no bridge name", plugin="bridge", command="ADD"))
+                       libcni.PluginError(7, "invalid config", "no bridge name", plugin="bridge", command="ADD"))
     message = grpc_status(err)[1]
     for part in ('sandbox "abc"', "bridge", "ADD", "invalid config", "no bridge name"):
         assert part in message

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 
-from flannel.install import install
+from flannelcni.install import install
 
 
 def test_installed_plugin_answers_version(tmp_path) -> None:

@@ -13,9 +13,9 @@ from pathlib import Path
 
 import grpc
 import pytest
-from cni_fakes import FakeExec
+from libcni.testing import FakeExec
 
-import cni
+import libcni
 from cri_shim.config import CNISettings, Config
 from cri_shim.errors import AlreadyExists, InvalidArgument, NetworkError, NetworkNotReady, grpc_status
 from cri_shim.manager import SandboxFilter, SandboxManager
@@ -256,14 +256,14 @@ def test_ip_preference_and_second_network(tmp_path: Path, pref: str, expected: l
     write_conflist(env.conf_dir, name="second", filename="20-b.conflist", plugins=[{"type": "single"}])
 
     def dual(call):
-        return cni.ExecOutput(json.dumps({
+        return libcni.ExecOutput(json.dumps({
             "cniVersion": "1.0.0",
             "interfaces": [{"name": "eth0", "sandbox": call.env["CNI_NETNS"]}],
             "ips": [{"address": "fd00::2/64", "interface": 0}, {"address": "10.0.0.2/24", "interface": 0}],
         }).encode())
 
     def single(call):
-        return cni.ExecOutput(json.dumps({
+        return libcni.ExecOutput(json.dumps({
             "cniVersion": "1.0.0", "interfaces": [{"name": "eth1", "sandbox": call.env["CNI_NETNS"]}],
             "ips": [{"address": "10.1.0.2/24", "interface": 0}]}).encode())
 
@@ -452,7 +452,7 @@ def test_sandbox_being_created_is_not_listed(env: Env) -> None:
 
     def peek(call):
         seen["list"] = env.manager.list()
-        return cni.ExecOutput(json.dumps(call.stdin["prevResult"]).encode())
+        return libcni.ExecOutput(json.dumps(call.stdin["prevResult"]).encode())
 
     env.exec.scripts[("portmap", "ADD")] = peek
     sandbox_id = env.run()
@@ -470,14 +470,14 @@ def test_networks_are_attached_at_the_same_time(tmp_path: Path) -> None:
 
     def meet(call):
         barrier.wait()
-        from cni_fakes import default_result
-        return cni.ExecOutput(json.dumps(default_result(call)).encode())
+        from libcni.testing import default_result
+        return libcni.ExecOutput(json.dumps(default_result(call)).encode())
 
     env.exec.scripts[("loopback", "ADD")] = meet
     env.exec.scripts[("bridge", "ADD")] = meet
     env.run()
     # And a failure in one network while the other succeeds undoes both.
-    env.exec.scripts[("bridge", "ADD")] = cni.ExecOutput(
+    env.exec.scripts[("bridge", "ADD")] = libcni.ExecOutput(
         json.dumps({"code": 7, "msg": "nope"}).encode(), b"", 1)
     env.exec.scripts.pop(("loopback", "ADD"))
     env.exec.calls.clear()

@@ -12,7 +12,7 @@ import grpc
 import pytest
 from test_manager import Env, write_conflist
 
-import cni
+import libcni
 from cri_shim.errors import NetnsError, NetworkError, StoreError, grpc_status
 from cri_shim.store import NOTREADY, READY, MemoryStore, SandboxRecord
 
@@ -75,11 +75,11 @@ def test_plugins_get_what_is_left_of_the_deadline(env: Env) -> None:
 
 def test_plugin_killed_at_the_deadline_rolls_back_and_is_deadline_exceeded(env: Env) -> None:
     def slow_portmap(call):
-        raise cni.ExecTimeout("portmap", "ADD", call.timeout)   # RawExec killed it
+        raise libcni.ExecTimeout("portmap", "ADD", call.timeout)   # RawExec killed it
     env.exec.scripts[("portmap", "ADD")] = slow_portmap
     with pytest.raises(NetworkError) as exc:
         env.manager.run(env.spec("web"), deadline=time.monotonic() + 2)
-    assert isinstance(exc.value.cause, cni.DeadlineExceeded)
+    assert isinstance(exc.value.cause, libcni.DeadlineExceeded)
     code, message = grpc_status(exc.value)
     assert code == grpc.StatusCode.DEADLINE_EXCEEDED
     assert "caller's deadline passed" in message and 'plugin "portmap"' in message
@@ -99,10 +99,10 @@ def test_deadline_already_passed_runs_no_plugin(env: Env) -> None:
     assert env.pinned() == [] and env.store.records == {}
 
 
-@pytest.mark.parametrize("exc", [cni.ExecTimeout("bridge", "ADD", 60.0),
-                                 cni.DeadlineExceeded("bridge", "ADD", 1.5),
-                                 cni.DeadlineExceeded("bridge", "DEL", None)])
-def test_timeouts_map_to_deadline_exceeded(exc: cni.CNIError) -> None:
+@pytest.mark.parametrize("exc", [libcni.ExecTimeout("bridge", "ADD", 60.0),
+                                 libcni.DeadlineExceeded("bridge", "ADD", 1.5),
+                                 libcni.DeadlineExceeded("bridge", "DEL", None)])
+def test_timeouts_map_to_deadline_exceeded(exc: libcni.CNIError) -> None:
     assert grpc_status(NetworkError("x", exc))[0] == grpc.StatusCode.DEADLINE_EXCEEDED
     assert grpc_status(exc)[0] == grpc.StatusCode.DEADLINE_EXCEEDED
 

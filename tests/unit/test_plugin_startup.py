@@ -1,11 +1,11 @@
 """The installed flannel plugin starts lean (issue 5: at most 25 ms over its delegate).
 
-Each command runs the launcher that ``flannel.install`` writes, under ``python -S -X
+Each command runs the launcher that ``flannelcni.install`` writes, under ``python -S -X
 importtime``, with a shell-script delegate and a temp subnet.env, and the modules it
 imported are checked against the ones that cost start-up time. Module sets, never
 times: the times vary with the machine. Then what was swapped for lighter code behaves
-as before: the value classes as the frozen dataclasses they were, ``SpawnExec`` as
-``RawExec`` (the same script run through both must see the same process).
+as before: the value classes as the frozen dataclasses they were, ``RawExec`` (which
+starts plugins with ``posix_spawn``, not ``subprocess``) as ``subprocess`` did.
 """
 
 from __future__ import annotations
@@ -25,13 +25,12 @@ from pathlib import Path
 import pytest
 
 from cni.errors import ERR_IO_FAILURE, CNIError, PluginNotFound
-from cni.invoke import ExecOutput, PluginInfo, RawExec
+from cni.invoke import ExecOutput, RawExec
 from cni.result import DNS, Interface, IPConfig, Result, Route, parse_result
 from cni.skel import CmdArgs
-from flannel.install import install
-from flannel.plugin import NetConf
-from flannel.spawn import SpawnExec
-from flannel.subnetenv import SubnetEnv, read_subnet_env
+from flannelcni.install import install
+from flannelcni.netconf import NetConf
+from flannelcni.subnetenv import SubnetEnv, read_subnet_env
 
 RESULT = {"cniVersion": "0.3.1",
           "interfaces": [{"name": "cni0", "mac": "0a:58:0a:f4:01:01"},
@@ -39,15 +38,17 @@ RESULT = {"cniVersion": "0.3.1",
           "ips": [{"version": "4", "interface": 1, "address": "10.244.1.2/24",
                    "gateway": "10.244.1.1"}],
           "routes": [{"dst": "10.244.0.0/16", "gw": "10.244.1.1"}], "dns": {}}
-# Never on the plugin's path: the runtime side's dependencies and cni's runtime modules.
+# Never on the plugin's path: the runtime side (libcni, cri-shim, the agent) and its
+# dependencies.
 RUNTIME_SIDE = {"grpc", "google", "yaml", "pyroute2", "etcd3gw", "cri_shim", "nodeipam",
-                "cni.api", "cni.conf", "cni.cache", "flannel.agent", "flannel.vxlan"}
+                "libcni", "flannel"}
 # The standard library modules that cost a plugin most of its start-up.
 HEAVY = {"dataclasses", "inspect", "typing", "logging", "tempfile", "traceback", "decimal",
          "subprocess", "threading", "selectors", "signal", "locale", "contextlib",
          "importlib.util", "ast", "tokenize", "shutil", "random"}
 # ...and the ones only a command that runs the delegate or parses addresses needs.
-EXEC_ONLY = {"flannel.spawn", "select", "ipaddress", "cni.result"}
+EXEC_ONLY = {"flannelcni.add", "flannelcni.delete", "flannelcni.delegate", "ipaddress",
+             "cni.result"}
 
 
 @pytest.fixture
@@ -102,7 +103,7 @@ def unwanted(modules: set[str], names: set[str]) -> list[str]:
 def test_probe_sees_imports(node) -> None:
     # Guards the module sets below: an empty set would make every test pass.
     _, modules = run_plugin(node, "VERSION")
-    assert {"json", "cni.skel", "flannel.plugin"} <= modules
+    assert {"json", "cni.skel", "flannelcni.plugin"} <= modules
 
 
 def test_version_imports_no_exec_or_heavy_modules(node) -> None:
@@ -118,7 +119,7 @@ def test_add_and_del_import_only_what_the_delegate_needs(node) -> None:
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert json.loads(proc.stdout) == RESULT  # the delegate's result, unchanged
     assert unwanted(modules, RUNTIME_SIDE | HEAVY) == []
-    assert {"flannel.spawn", "ipaddress", "cni.result"} <= modules  # the probe works
+    assert {"flannelcni.add", "ipaddress", "cni.result"} <= modules  # the probe works
     saved = node["tmp"] / "data" / "ctr1"
     assert saved.stat().st_mode & 0o777 == 0o600
     assert (node["tmp"] / "stdin.ADD").read_bytes() == saved.read_bytes()
@@ -127,8 +128,9 @@ def test_add_and_del_import_only_what_the_delegate_needs(node) -> None:
     proc, modules = run_plugin(node, "DEL")
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert proc.stdout == b""
-    assert unwanted(modules, RUNTIME_SIDE | HEAVY | {"ipaddress", "cni.result"}) == []
-    assert "flannel.spawn" in modules
+    assert unwanted(modules, RUNTIME_SIDE | HEAVY | {"ipaddress", "cni.result",
+                                                      "flannelcni.add"}) == []
+    assert "flannelcni.delete" in modules
     assert (node["tmp"] / "calls").read_text().split() == ["ADD", "DEL"]
     assert not saved.exists()
 
@@ -138,7 +140,8 @@ def test_add_error_path_stays_lean(node) -> None:
     assert proc.returncode == 1
     err = json.loads(proc.stdout)
     assert err["code"] == 999 and err["msg"].startswith("failed to load flannel 'subnet.env' file: open ")
-    assert unwanted(modules, RUNTIME_SIDE | HEAVY | {"ipaddress", "cni.result"}) == []
+    # ADD's own module (with ipaddress and the result types) is loaded, nothing heavier.
+    assert unwanted(modules, RUNTIME_SIDE | HEAVY) == []
 
 
 # -- the light value classes behave as the frozen dataclasses they replaced ----------
@@ -149,7 +152,6 @@ def test_values_repr_eq_hash_as_dataclasses() -> None:
                            "sandbox='/run/netns/p', mtu=None, socket_path=None, pci_id=None)")
     assert repr(DNS()) == "DNS(nameservers=(), domain='', search=(), options=())"
     assert repr(ExecOutput(b"x")) == "ExecOutput(stdout=b'x', stderr=b'', returncode=0)"
-    assert PluginInfo("1.0.0", ("1.0.0",)) == PluginInfo("1.0.0", ("1.0.0",))
     assert CmdArgs("c", "n", "eth0", "", "/bin", b"{}").ifname == "eth0"
     assert NetConf(name="cbr0").data_dir == "/var/lib/cni/flannel"
     a = parse_result(json.dumps(RESULT).encode())
@@ -180,16 +182,17 @@ def test_values_are_frozen(tmp_path: Path) -> None:
             delattr(value, field)
 
 
-def test_exec_protocol_still_exported() -> None:
-    code = ("import cni, typing; from cni.invoke import Exec; "
-            "print(Exec is cni.Exec, typing.Protocol in Exec.__mro__, Exec.__module__)")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                         check=True, cwd=os.path.dirname(os.path.dirname(os.path.dirname(
-                             os.path.abspath(__file__)))))
-    assert out.stdout.split() == ["True", "True", "cni.invoke"]
+def test_exec_seam_is_one_class_for_both_sides() -> None:
+    import libcni
+    from libcni.testing import FakeExec
+    import cni.invoke
+    assert libcni.Exec is cni.invoke.Exec
+    assert issubclass(RawExec, libcni.Exec) and issubclass(FakeExec, libcni.Exec)
+    with pytest.raises(TypeError):
+        libcni.Exec()  # type: ignore[abstract]
 
 
-# -- SpawnExec runs a plugin as RawExec does ------------------------------------------
+# -- RawExec starts a plugin as subprocess did ------------------------------------------
 
 # What a plugin can see of how it was started: its process group, signal dispositions and
 # mask, open descriptors, stdin, environment; then an exit status and both outputs.
@@ -214,10 +217,10 @@ def both(tmp_path: Path, script: str, stdin: bytes = b"",
     path.chmod(0o755)
     env = {"PATH": "/usr/bin:/bin", "CNI_COMMAND": "ADD"} if env is None else env
     return (RawExec().run(str(path), stdin, env, None),
-            SpawnExec().run(str(path), stdin, env, None))
+            RawExec(process_group=False).run(str(path), stdin, env, None))
 
 
-def test_spawn_exec_starts_the_plugin_as_rawexec_does(tmp_path: Path) -> None:
+def test_rawexec_starts_the_plugin_as_subprocess_did(tmp_path: Path) -> None:
     leaked_r, leaked_w = os.pipe()  # inheritable descriptors: close_fds must close them
     os.set_inheritable(leaked_r, True)
     os.set_inheritable(leaked_w, True)
@@ -227,9 +230,9 @@ def test_spawn_exec_starts_the_plugin_as_rawexec_does(tmp_path: Path) -> None:
     finally:
         os.close(leaked_r)
         os.close(leaked_w)
-    # ...but for glibc's internal signals 32 and 33, which its posix_spawn leaves
-    # ignored (see SpawnExec), and which a parent (make, a CI shell) may also have
-    # left ignored for Popen's child to inherit: compared without them on both sides.
+    # No signal ignored but glibc's internal 32 and 33, which its posix_spawn leaves
+    # ignored (see RawExec), and which a parent (make, a CI shell) may have left
+    # ignored too: compared without them.
     internal = sum(1 << (sig - 1) for sig in range(32, signal.SIGRTMIN))
 
     def without_internal(out: ExecOutput) -> ExecOutput:
@@ -239,8 +242,8 @@ def test_spawn_exec_starts_the_plugin_as_rawexec_does(tmp_path: Path) -> None:
                           out.stderr, out.returncode)
 
     spawn, raw = without_internal(spawn), without_internal(raw)
-    # RawExec (the runtime's) makes a process group; flannel's delegate stays in the
-    # plugin's, so the runtime's timeout kill of that group reaches it.
+    # The runtime's RawExec makes a process group; a meta plugin's delegate stays in
+    # the plugin's, so the runtime's timeout kill of that group reaches it.
     assert spawn.stdout.splitlines()[0] == b"not a group leader"
     assert raw.stdout.splitlines()[0] == b"group leader"
     spawn = ExecOutput(b"\n".join(spawn.stdout.splitlines()[1:]), spawn.stderr, spawn.returncode)
@@ -253,42 +256,42 @@ def test_spawn_exec_starts_the_plugin_as_rawexec_does(tmp_path: Path) -> None:
     assert (raw.returncode, raw.stderr) == (3, b"to stderr\n")
 
 
-def test_spawn_exec_big_stdin_and_outputs_do_not_deadlock(tmp_path: Path) -> None:
+def test_rawexec_big_stdin_and_outputs_do_not_deadlock(tmp_path: Path) -> None:
     data = os.urandom(300_000)
     raw, spawn = both(tmp_path, "#!/bin/sh\ntee /dev/stderr\n", data)
     assert spawn == raw
     assert (spawn.stdout, spawn.stderr, spawn.returncode) == (data, data, 0)
 
 
-def test_spawn_exec_plugin_that_ignores_stdin_or_dies(tmp_path: Path) -> None:
+def test_rawexec_plugin_that_ignores_stdin_or_dies(tmp_path: Path) -> None:
     raw, spawn = both(tmp_path, "#!/bin/sh\nexec </dev/null\necho done\n", b"y" * 300_000)
     assert spawn == raw and spawn.stdout == b"done\n"
     raw, spawn = both(tmp_path, "#!/bin/sh\necho partial\nkill -KILL $$\n")
     assert spawn == raw and (spawn.stdout, spawn.returncode) == (b"partial\n", -9)
 
 
-def test_spawn_exec_failures_as_rawexec(tmp_path: Path) -> None:
+def test_rawexec_failures(tmp_path: Path) -> None:
     not_exec = tmp_path / "plain"
     not_exec.write_text("#!/bin/sh\n")
     for path, kind in ((not_exec, CNIError), (tmp_path / "gone", PluginNotFound)):
         errors = []
-        for runner in (RawExec(), SpawnExec()):
+        for runner in (RawExec(), RawExec(process_group=False)):
             with pytest.raises(kind) as info:
                 runner.run(str(path), b"{}", {}, None)
             errors.append(info.value)
         assert repr(errors[0]) == repr(errors[1])
     assert errors[0].msg.startswith("failed to find plugin")
     with pytest.raises(CNIError) as info:
-        SpawnExec().run(str(not_exec), b"", {}, None)
+        RawExec().run(str(not_exec), b"", {}, None)
     assert info.value.code == ERR_IO_FAILURE and "Permission denied" in info.value.msg
 
 
-def test_spawn_exec_retries_text_file_busy(tmp_path: Path) -> None:
+def test_rawexec_retries_text_file_busy(tmp_path: Path) -> None:
     script = tmp_path / "busy"
     fd = os.open(script, os.O_WRONLY | os.O_CREAT, 0o755)
     os.write(fd, b"#!/bin/sh\necho '{}'\n")
     try:
-        SpawnExec(busy_retries=0).run(str(script), b"", {}, None)
+        RawExec(busy_retries=0).run(str(script), b"", {}, None)
     except CNIError as exc:
         if not isinstance(exc.__cause__, OSError) or exc.__cause__.errno != errno.ETXTBSY:
             raise
@@ -298,7 +301,7 @@ def test_spawn_exec_retries_text_file_busy(tmp_path: Path) -> None:
     timer = threading.Timer(0.3, os.close, [fd])
     timer.start()
     try:
-        out = SpawnExec(busy_retries=50, busy_retry_delay=0.05).run(str(script), b"", {}, None)
+        out = RawExec(busy_retries=50, busy_retry_delay=0.05).run(str(script), b"", {}, None)
     finally:
         timer.join()
     assert out == ExecOutput(b"{}\n")

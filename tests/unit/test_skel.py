@@ -12,10 +12,10 @@ from typing import Any
 
 import pytest
 
-import cni
+import libcni
 from cni.skel import CmdArgs, plugin_main
 
-ALL_VERSIONS = list(cni.SUPPORTED_VERSIONS)
+ALL_VERSIONS = list(libcni.SUPPORTED_VERSIONS)
 ENV = {"CNI_COMMAND": "ADD", "CNI_CONTAINERID": "ctr1", "CNI_NETNS": "/var/run/netns/pod",
        "CNI_IFNAME": "eth0", "CNI_ARGS": "IgnoreUnknown=1;K8S_POD_NAME=p", "CNI_PATH": "/opt/cni/bin"}
 
@@ -155,7 +155,7 @@ def test_missing_cni_version_means_0_1_0() -> None:
 @pytest.mark.parametrize("version", ALL_VERSIONS)
 def test_check_floor(version: str) -> None:
     rc, out, _, plugin = run(ENV | {"CNI_COMMAND": "CHECK"}, conf(version))
-    if cni.version_ge(version, "0.4.0"):
+    if libcni.version_ge(version, "0.4.0"):
         assert (rc, out) == (0, b"") and plugin.calls[0][0] == "CHECK"
     else:
         assert error_of(out)["msg"] == "config version does not allow CHECK"
@@ -204,8 +204,8 @@ def test_version_ignores_stdin(stdin: bytes) -> None:
 
 @pytest.mark.parametrize("version", ALL_VERSIONS)
 def test_add_gets_cmd_args_and_result_is_printed_in_its_version(version: str) -> None:
-    result = cni.Result(version, interfaces=(cni.Interface("eth0", sandbox="/ns"),),
-                        ips=(cni.IPConfig(ip_interface("10.0.0.2/24"), interface=0),))
+    result = libcni.Result(version, interfaces=(libcni.Interface("eth0", sandbox="/ns"),),
+                        ips=(libcni.IPConfig(ip_interface("10.0.0.2/24"), interface=0),))
     stdin = json.dumps(conf(version)).encode()
     rc, out, _, plugin = run(ENV, stdin, plugin=Plugin(result))
     assert rc == 0
@@ -232,7 +232,7 @@ def test_other_answers(answer: Any, expected: bytes) -> None:
 
 @pytest.mark.parametrize("version", ALL_VERSIONS)
 def test_cni_error_is_printed_with_exit_1(version: str) -> None:
-    error = cni.CNIError(11, "try again", "busy")
+    error = libcni.CNIError(11, "try again", "busy")
     rc, out, _, _ = run(ENV | {"CNI_COMMAND": "DEL"}, conf(version), plugin=Plugin(error))
     assert rc == 1
     # types.Error.Print: no cniVersion, struct order, no trailing newline.
@@ -240,7 +240,7 @@ def test_cni_error_is_printed_with_exit_1(version: str) -> None:
 
 
 def test_error_text_is_escaped_as_go_does() -> None:
-    rc, out, _, _ = run(ENV, conf(), plugin=Plugin(cni.CNIError(7, "a <b> & c")))
+    rc, out, _, _ = run(ENV, conf(), plugin=Plugin(libcni.CNIError(7, "a <b> & c")))
     assert out == b'{\n    "code": 7,\n    "msg": "a \\u003cb\\u003e \\u0026 c"\n}'
 
 

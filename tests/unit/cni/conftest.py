@@ -1,14 +1,12 @@
 from __future__ import annotations
 
 import os
-import sys
 
 import pytest
+from cni_fakes import RECORDER
 
-sys.path.insert(0, os.path.dirname(__file__))
-
-import cni  # noqa: E402
-from cni_fakes import RECORDER, FakeExec  # noqa: E402
+import libcni
+from libcni.testing import FakeExec
 
 
 @pytest.fixture
@@ -22,13 +20,13 @@ def cache_dir(tmp_path) -> str:
 
 
 @pytest.fixture
-def config(fake_exec, cache_dir) -> cni.CNIConfig:
-    return cni.CNIConfig(["/opt/cni/bin", "/usr/lib/cni"], exec=fake_exec, cache_dir=cache_dir)
+def config(fake_exec, cache_dir) -> libcni.CNIConfig:
+    return libcni.CNIConfig(["/opt/cni/bin", "/usr/lib/cni"], exec=fake_exec, cache_dir=cache_dir)
 
 
 @pytest.fixture
-def rt() -> cni.RuntimeConf:
-    return cni.RuntimeConf(
+def rt() -> libcni.RuntimeConf:
+    return libcni.RuntimeConf(
         container_id="c0ffee", netns="/var/run/netns/cni-1234", ifname="eth0",
         args=(("IgnoreUnknown", "1"), ("K8S_POD_NAMESPACE", "default"),
               ("K8S_POD_NAME", "web"), ("K8S_POD_INFRA_CONTAINER_ID", "c0ffee"),

@@ -11,18 +11,18 @@ from ipaddress import ip_address, ip_interface, ip_network
 import pytest
 from cni_fakes import ALL_VERSIONS, FakeExec, conflist
 
-import cni
+import libcni
 
-BRIDGE_RESULT = cni.Result(
+BRIDGE_RESULT = libcni.Result(
     "1.1.0",
-    interfaces=(cni.Interface("cni0", "aa:bb:cc:00:00:01"),
-                cni.Interface("veth1", "aa:bb:cc:00:00:02"),
-                cni.Interface("eth0", "0a:58:0a:00:00:02", "/var/run/netns/cni-1234")),
-    ips=(cni.IPConfig(ip_interface("10.0.0.2/24"), ip_address("10.0.0.1"), 2),
-         cni.IPConfig(ip_interface("fd00::2/64"), ip_address("fd00::1"), 2)),
-    routes=(cni.Route(ip_network("0.0.0.0/0"), ip_address("10.0.0.1")),
-            cni.Route(ip_network("::/0"))),
-    dns=cni.DNS(nameservers=("10.0.0.10",), search=("svc.cluster.local",)))
+    interfaces=(libcni.Interface("cni0", "aa:bb:cc:00:00:01"),
+                libcni.Interface("veth1", "aa:bb:cc:00:00:02"),
+                libcni.Interface("eth0", "0a:58:0a:00:00:02", "/var/run/netns/cni-1234")),
+    ips=(libcni.IPConfig(ip_interface("10.0.0.2/24"), ip_address("10.0.0.1"), 2),
+         libcni.IPConfig(ip_interface("fd00::2/64"), ip_address("fd00::1"), 2)),
+    routes=(libcni.Route(ip_network("0.0.0.0/0"), ip_address("10.0.0.1")),
+            libcni.Route(ip_network("::/0"))),
+    dns=libcni.DNS(nameservers=("10.0.0.10",), search=("svc.cluster.local",)))
 
 EXPECTED_ARGS = ("IgnoreUnknown=1;K8S_POD_NAMESPACE=default;K8S_POD_NAME=web;"
                  "K8S_POD_INFRA_CONTAINER_ID=c0ffee;K8S_POD_UID=u-1")
@@ -63,7 +63,7 @@ def test_add_stdin_and_env_per_version(config, fake_exec, rt, version):
         "runtimeConfig": {"portMappings": [
             {"hostPort": 8080, "containerPort": 80, "protocol": "tcp", "hostIP": ""}]}}
     assert result.cni_version == version
-    assert result == cni.parse_result(BRIDGE_RESULT.to_dict(version))
+    assert result == libcni.parse_result(BRIDGE_RESULT.to_dict(version))
 
 
 def test_add_stdin_bytes_are_what_libcni_marshals(config, fake_exec, rt):
@@ -124,13 +124,13 @@ def _between(data: bytes, start: bytes, end: bytes) -> bytes:
 
 @pytest.mark.parametrize("version", sorted(LIBCNI_BYTES))
 def test_prev_result_and_cache_bytes_are_libcnis(fake_exec, cache_dir, rt, version):
-    config = cni.CNIConfig(["/opt/cni/bin"], exec=fake_exec, cache_dir=cache_dir)
+    config = libcni.CNIConfig(["/opt/cni/bin"], exec=fake_exec, cache_dir=cache_dir)
     # tuning declares no capability: its prevResult is not re-parsed by a runtimeConfig
     # injection, so 0.x results keep the Go structs' field order.
     net = conflist(version, [{"type": "bridge"}, {"type": "tuning"},
                              {"type": "portmap", "capabilities": {"portMappings": True}}])
     sorted_bytes, struct_bytes = LIBCNI_BYTES[version]
-    fake_exec.script("bridge", "ADD", result=cni.parse_result(LIBCNI_RESULT).to_dict(version))
+    fake_exec.script("bridge", "ADD", result=libcni.parse_result(LIBCNI_RESULT).to_dict(version))
     config.add_network_list(net, rt)
     _, tuning, portmap = fake_exec.calls
     assert _between(tuning.stdin_bytes, b'"prevResult":', b',"type"') == struct_bytes
@@ -139,7 +139,7 @@ def test_prev_result_and_cache_bytes_are_libcnis(fake_exec, cache_dir, rt, versi
         assert f.read().endswith(b',"result":' + sorted_bytes + b"}")   # result is the last field
     fake_exec.calls.clear()
     config.del_network_list(net, rt)
-    if cni.version_ge(version, "0.4.0"):   # DEL carries the cached result from 0.4.0 on
+    if libcni.version_ge(version, "0.4.0"):   # DEL carries the cached result from 0.4.0 on
         _, tuning, bridge = fake_exec.calls
         for call in (tuning, bridge):
             assert _between(call.stdin_bytes, b'"prevResult":', b',"type"') == struct_bytes
@@ -152,7 +152,7 @@ def test_add_prev_result_is_converted_to_list_version(config, fake_exec, rt,
     net = conflist(list_version)
     fake_exec.script("bridge", "ADD", result=BRIDGE_RESULT.to_dict(answered))
     config.add_network_list(net, rt)
-    expected = cni.parse_result(BRIDGE_RESULT.to_dict(answered)).to_dict(list_version)
+    expected = libcni.parse_result(BRIDGE_RESULT.to_dict(answered)).to_dict(list_version)
     assert fake_exec.calls[1].stdin["prevResult"] == expected
 
 
@@ -177,7 +177,7 @@ def test_capabilities_filter_runtime_config(config, fake_exec, rt):
         "type": "tuning",
         "capabilities": {"portMappings": True, "bandwidth": False, "dns": True, "mac": True},
         "runtimeConfig": {"mac": "from-file"}}])
-    rt = cni.RuntimeConf(rt.container_id, rt.netns, rt.ifname, rt.args,
+    rt = libcni.RuntimeConf(rt.container_id, rt.netns, rt.ifname, rt.args,
                          {**rt.capability_args, "mac": "0a:00:00:00:00:01", "ips": ["10.0.0.9/24"]})
     config.add_network_list(net, rt)
     # Only declared-true capabilities present in the args; the file's runtimeConfig is
@@ -191,14 +191,14 @@ def test_capabilities_filter_runtime_config(config, fake_exec, rt):
 def test_runtime_config_in_file_kept_when_no_capability_matches(config, fake_exec):
     net = conflist("1.0.0", [{"type": "bridge", "capabilities": {"mac": True},
                               "runtimeConfig": {"mac": "file"}}])
-    config.add_network_list(net, cni.RuntimeConf("c1", "/ns", "eth0"))
+    config.add_network_list(net, libcni.RuntimeConf("c1", "/ns", "eth0"))
     assert fake_exec.calls[0].stdin["runtimeConfig"] == {"mac": "file"}
 
 
 def test_add_failure_stops_the_chain_and_caches_nothing(config, fake_exec, rt, cache_dir):
     net = conflist("1.0.0", [{"type": "bridge"}, {"type": "portmap"}, {"type": "bandwidth"}])
     fake_exec.script("portmap", "ADD", error=(11, "iptables busy", "try later"))
-    with pytest.raises(cni.PluginError) as info:
+    with pytest.raises(libcni.PluginError) as info:
         config.add_network_list(net, rt)
     err = info.value
     assert (err.code, err.msg, err.details, err.plugin, err.command) == (
@@ -210,25 +210,25 @@ def test_add_failure_stops_the_chain_and_caches_nothing(config, fake_exec, rt, c
 
 def test_add_plugin_not_found(cache_dir, rt):
     fake = FakeExec(available=["bridge"])
-    config = cni.CNIConfig(["/a", "/b"], exec=fake, cache_dir=cache_dir)
-    with pytest.raises(cni.PluginNotFound) as info:
+    config = libcni.CNIConfig(["/a", "/b"], exec=fake, cache_dir=cache_dir)
+    with pytest.raises(libcni.PluginNotFound) as info:
         config.add_network_list(conflist("1.0.0"), rt)
     assert str(info.value) == 'failed to find plugin "portmap" in path [/a /b]'
     assert info.value.plugin == "portmap" and info.value.command == "ADD"
 
 
 @pytest.mark.parametrize("container_id,ifname,code,msg", [
-    ("", "eth0", cni.ERR_UNKNOWN_CONTAINER, "missing containerID"),
-    ("-bad", "eth0", cni.ERR_INVALID_ENV, "invalid characters in containerID"),
-    ("c1", "", cni.ERR_INVALID_ENV, "interface name is empty"),
-    ("c1", "x" * 16, cni.ERR_INVALID_ENV, "interface name is too long"),
-    ("c1", "..", cni.ERR_INVALID_ENV, "interface name is . or .."),
-    ("c1", "eth 0", cni.ERR_INVALID_ENV,
+    ("", "eth0", libcni.ERR_UNKNOWN_CONTAINER, "missing containerID"),
+    ("-bad", "eth0", libcni.ERR_INVALID_ENV, "invalid characters in containerID"),
+    ("c1", "", libcni.ERR_INVALID_ENV, "interface name is empty"),
+    ("c1", "x" * 16, libcni.ERR_INVALID_ENV, "interface name is too long"),
+    ("c1", "..", libcni.ERR_INVALID_ENV, "interface name is . or .."),
+    ("c1", "eth 0", libcni.ERR_INVALID_ENV,
      "interface name contains / or : or whitespace characters"),
 ])
 def test_add_validates_the_attachment(config, fake_exec, container_id, ifname, code, msg):
-    with pytest.raises(cni.CNIError) as info:
-        config.add_network_list(conflist(), cni.RuntimeConf(container_id, "/ns", ifname))
+    with pytest.raises(libcni.CNIError) as info:
+        config.add_network_list(conflist(), libcni.RuntimeConf(container_id, "/ns", ifname))
     assert (info.value.code, info.value.msg) == (code, msg)
     assert fake_exec.calls == []
 
@@ -260,7 +260,7 @@ def test_cache_file_is_libcni_format(config, fake_exec, rt, cache_dir):
 
 
 def test_cache_omits_empty_fields(config, fake_exec, cache_dir):
-    config.add_network_list(conflist("1.0.0"), cni.RuntimeConf("c0ffee", "", "eth0"))
+    config.add_network_list(conflist("1.0.0"), libcni.RuntimeConf("c0ffee", "", "eth0"))
     obj = json.loads(open(cache_file(cache_dir), "rb").read())
     assert list(obj) == ["kind", "containerId", "config", "ifName", "networkName", "result"]
 
@@ -286,7 +286,7 @@ def test_get_cached_result(config, fake_exec, rt, version):
 
 def test_get_cached_attachments(config, fake_exec, rt):
     config.add_network_list(conflist(name="one"), rt)
-    config.add_network_list(conflist(name="two"), cni.RuntimeConf("other", "/ns", "eth1"))
+    config.add_network_list(conflist(name="two"), libcni.RuntimeConf("other", "/ns", "eth1"))
     got = [(e.network, e.container_id, e.ifname) for e in config.get_cached_attachments()]
     assert got == [("one", "c0ffee", "eth0"), ("two", "other", "eth1")]
     assert [e.network for e in config.get_cached_attachments("other")] == ["two"]
@@ -309,12 +309,12 @@ def test_del_reverse_order_with_cached_prev_result(config, fake_exec, rt, cache_
     expected_bridge = {"type": "bridge", "bridge": "cni0", "name": "testnet",
                        "cniVersion": version,
                        "ipam": {"type": "host-local", "subnet": "10.0.0.0/24"}}
-    if cni.prev_result_on_del(version):  # spec 0.4.0: DEL carries prevResult
+    if libcni.prev_result_on_del(version):  # spec 0.4.0: DEL carries prevResult
         expected_bridge["prevResult"] = BRIDGE_RESULT.to_dict(version)
     assert bridge.stdin == expected_bridge
     assert portmap.stdin["runtimeConfig"] == {"portMappings": [
         {"hostPort": 8080, "containerPort": 80, "protocol": "tcp", "hostIP": ""}]}
-    assert ("prevResult" in portmap.stdin) == cni.prev_result_on_del(version)
+    assert ("prevResult" in portmap.stdin) == libcni.prev_result_on_del(version)
     assert not os.path.exists(cache_file(cache_dir))
 
 
@@ -324,7 +324,7 @@ def test_del_is_best_effort(config, fake_exec, rt, cache_dir):
     fake_exec.calls.clear()
     fake_exec.script("c", "DEL", error=(7, "c broke", ""))
     fake_exec.script("b", "DEL", stdout=b"not json", returncode=2)
-    with pytest.raises(cni.PluginError) as info:
+    with pytest.raises(libcni.PluginError) as info:
         config.del_network_list(net, rt)
     assert fake_exec.commands() == [("c", "DEL"), ("b", "DEL"), ("a", "DEL")]
     assert (info.value.plugin, info.value.code, info.value.msg) == ("c", 7, "c broke")
@@ -343,7 +343,7 @@ def test_del_prefers_the_cached_config_and_args(config, fake_exec, rt):
     config.add_network_list(old, rt)
     fake_exec.calls.clear()
     edited = conflist("1.1.0", [{"type": "c"}])
-    config.del_network_list(edited, cni.RuntimeConf("c0ffee", "", "eth0"))
+    config.del_network_list(edited, libcni.RuntimeConf("c0ffee", "", "eth0"))
     assert fake_exec.commands() == [("b", "DEL"), ("a", "DEL")]
     call = fake_exec.calls[1]
     assert call.stdin["cniVersion"] == "1.0.0" and call.stdin["x"] == 1
@@ -360,7 +360,7 @@ def test_del_with_unusable_cached_result_runs_without_it(config, fake_exec, rt, 
     open(path, "w").write(json.dumps(obj))
     fake_exec.calls.clear()
     fake_exec.script("bridge", "DEL", error=(5, "once", ""))
-    with pytest.raises(cni.PluginError):
+    with pytest.raises(libcni.PluginError):
         config.del_network_list(net, rt)
     assert [("prevResult" in c.stdin) for c in fake_exec.calls] == [False, False]
     assert os.path.exists(path)  # kept for the retry, unlike libcni
@@ -371,13 +371,13 @@ def test_del_with_unusable_cached_result_runs_without_it(config, fake_exec, rt, 
 
 def test_del_with_missing_plugin_still_runs_the_rest(cache_dir, rt):
     fake = FakeExec(available=["bridge"])
-    config = cni.CNIConfig(["/opt/cni/bin"], exec=fake, cache_dir=cache_dir)
-    with pytest.raises(cni.PluginNotFound):
+    config = libcni.CNIConfig(["/opt/cni/bin"], exec=fake, cache_dir=cache_dir)
+    with pytest.raises(libcni.PluginNotFound):
         config.del_network_list(conflist("1.0.0"), rt)
     assert fake.commands() == [("bridge", "DEL")]
 
 
 def test_timeout_is_passed_to_exec(fake_exec, cache_dir, rt):
-    config = cni.CNIConfig(["/bin"], exec=fake_exec, cache_dir=cache_dir, timeout=7.5)
+    config = libcni.CNIConfig(["/bin"], exec=fake_exec, cache_dir=cache_dir, timeout=7.5)
     config.add_network_list(conflist(), rt)
     assert {c.timeout for c in fake_exec.calls} == {7.5}

@@ -7,7 +7,7 @@ import os
 
 import pytest
 
-import cni
+import libcni
 
 FLANNEL = (b'{\n  "name": "cbr0",\n  "cniVersion": "0.3.1",\n  "plugins": [\n'
            b'    {"type": "flannel", "delegate": {"hairpinMode": true, "isDefaultGateway": true}},\n'
@@ -22,7 +22,7 @@ def write(d, name, data):
 
 
 def test_conflist_keeps_raw_bytes_and_plugin_objects():
-    net = cni.conflist_from_bytes(FLANNEL, source="10-flannel.conflist")
+    net = libcni.conflist_from_bytes(FLANNEL, source="10-flannel.conflist")
     assert net.raw == FLANNEL
     assert (net.name, net.cni_version, net.source) == ("cbr0", "0.3.1", "10-flannel.conflist")
     assert [p.type for p in net.plugins] == ["flannel", "portmap"]
@@ -34,7 +34,7 @@ def test_conflist_keeps_raw_bytes_and_plugin_objects():
 
 
 def test_capabilities_only_true_ones():
-    net = cni.conflist_from_bytes(json.dumps({"name": "n", "cniVersion": "1.0.0", "plugins": [
+    net = libcni.conflist_from_bytes(json.dumps({"name": "n", "cniVersion": "1.0.0", "plugins": [
         {"type": "x", "capabilities": {"a": True, "b": False}}]}).encode())
     assert net.plugins[0].capabilities == frozenset({"a"})
 
@@ -42,7 +42,7 @@ def test_capabilities_only_true_ones():
 @pytest.mark.parametrize("value,expected", [(True, True), ("TRUE", True), ("false", False),
                                             (False, False)])
 def test_disable_flags_accept_bool_or_string(value, expected):
-    net = cni.conflist_from_bytes(json.dumps({
+    net = libcni.conflist_from_bytes(json.dumps({
         "name": "n", "cniVersion": "1.1.0", "disableCheck": value, "disableGC": value,
         "plugins": [{"type": "x"}]}).encode())
     assert net.disable_check is expected and net.disable_gc is expected
@@ -56,7 +56,7 @@ def test_disable_flags_accept_bool_or_string(value, expected):
     ("1.0.0", [], "1.0.0"),
 ])
 def test_cni_versions_negotiation(cni_version, cni_versions, expected):
-    net = cni.conflist_from_bytes(json.dumps({
+    net = libcni.conflist_from_bytes(json.dumps({
         "name": "n", "cniVersion": cni_version, "cniVersions": cni_versions,
         "plugins": [{"type": "x"}]}).encode())
     assert net.cni_version == expected
@@ -92,34 +92,34 @@ def test_cni_versions_negotiation(cni_version, cni_versions, expected):
      '"disableCheck" must be a boolean'),
 ])
 def test_invalid_conflists_say_what_is_wrong(doc, message):
-    with pytest.raises(cni.ConfigError) as info:
-        cni.conflist_from_bytes(doc, source="/etc/cni/net.d/bad.conflist")
+    with pytest.raises(libcni.ConfigError) as info:
+        libcni.conflist_from_bytes(doc, source="/etc/cni/net.d/bad.conflist")
     assert message in info.value.msg
     assert str(info.value).startswith("/etc/cni/net.d/bad.conflist: ")
     assert info.value.path == "/etc/cni/net.d/bad.conflist"
-    assert info.value.code == cni.ERR_INVALID_NETWORK_CONFIG
+    assert info.value.code == libcni.ERR_INVALID_NETWORK_CONFIG
 
 
 def test_conf_is_wrapped_like_libcni_conf_list_from_conf():
     data = b'{"cniVersion": "0.4.0", "name": "mynet", "type": "bridge", "mtu": 1500.0, "x": "<"}'
-    net = cni.conf_from_bytes(data, source="10-mynet.conf")
+    net = libcni.conf_from_bytes(data, source="10-mynet.conf")
     assert (net.name, net.cni_version, net.source) == ("mynet", "0.4.0", "10-mynet.conf")
     assert [p.type for p in net.plugins] == ["bridge"]
     # The list libcni synthesizes (Go map marshal), which is what the cache stores.
     assert net.raw == (b'{"cniVersion":"0.4.0","name":"mynet","plugins":[{"cniVersion":"0.4.0",'
                        b'"mtu":1500,"name":"mynet","type":"bridge","x":"\\u003c"}]}')
-    assert cni.conflist_from_bytes(net.raw) == cni.conflist_from_bytes(net.raw)
+    assert libcni.conflist_from_bytes(net.raw) == libcni.conflist_from_bytes(net.raw)
 
 
 def test_conf_with_plugins_is_rejected_with_a_hint():
-    with pytest.raises(cni.ConfigError, match=r"must be in a \.conflist file"):
-        cni.conf_from_bytes(FLANNEL)
+    with pytest.raises(libcni.ConfigError, match=r"must be in a \.conflist file"):
+        libcni.conf_from_bytes(FLANNEL)
 
 
 def test_conf_without_version_or_type():
-    assert cni.conf_from_bytes(b'{"name": "n", "type": "loopback"}').cni_version == ""
-    with pytest.raises(cni.ConfigError, match='missing "type"'):
-        cni.conf_from_bytes(b'{"name": "n"}')
+    assert libcni.conf_from_bytes(b'{"name": "n", "type": "loopback"}').cni_version == ""
+    with pytest.raises(libcni.ConfigError, match='missing "type"'):
+        libcni.conf_from_bytes(b'{"name": "n"}')
 
 
 # --- conf dir -----------------------------------------------------------------------
@@ -130,7 +130,7 @@ def test_load_conf_dir_order_and_extensions(tmp_path):
     write(tmp_path, "30-c.json", {"cniVersion": "1.0.0", "name": "c", "type": "ptp"})
     write(tmp_path, "05-ignored.txt", b"{}")
     os.mkdir(tmp_path / "00-dir.conf")
-    load = cni.load_conf_dir(str(tmp_path), max_conf_num=0)
+    load = libcni.load_conf_dir(str(tmp_path), max_conf_num=0)
     assert [n.name for n in load.networks] == ["cbr0", "b", "c"]
     assert [n.source for n in load.networks] == [str(tmp_path / f) for f in
                                                  ("10-a.conflist", "20-b.conf", "30-c.json")]
@@ -143,9 +143,9 @@ def test_load_conf_dir_max_conf_num_counts_valid_files(tmp_path, max_conf_num, e
     write(tmp_path, "00-broken.conflist", b"{not json")
     for name in ("a", "b", "c"):
         write(tmp_path, f"10-{name}.conf", {"cniVersion": "1.0.0", "name": name, "type": "x"})
-    load = cni.load_conf_dir(str(tmp_path), max_conf_num=max_conf_num)
+    load = libcni.load_conf_dir(str(tmp_path), max_conf_num=max_conf_num)
     assert [n.name for n in load.networks] == expected
-    assert load.skipped == (cni.SkippedFile(str(tmp_path / "00-broken.conflist"),
+    assert load.skipped == (libcni.SkippedFile(str(tmp_path / "00-broken.conflist"),
                                             "invalid JSON at line 1 column 2: Expecting property "
                                             "name enclosed in double quotes"),)
 
@@ -155,7 +155,7 @@ def test_load_conf_dir_skips_invalid_files_with_reasons(tmp_path):
     write(tmp_path, "20-list-in-conf.conf", json.loads(FLANNEL))
     write(tmp_path, "30-empty.conflist", b"")
     write(tmp_path, "40-good.conflist", FLANNEL)
-    load = cni.load_conf_dir(str(tmp_path), max_conf_num=0)
+    load = libcni.load_conf_dir(str(tmp_path), max_conf_num=0)
     assert [n.name for n in load.networks] == ["cbr0"]
     reasons = {os.path.basename(s.path): s.reason for s in load.skipped}
     assert reasons["10-noname.conflist"] == 'missing "name"'
@@ -164,7 +164,7 @@ def test_load_conf_dir_skips_invalid_files_with_reasons(tmp_path):
 
 
 def test_load_conf_dir_missing_dir_is_empty(tmp_path):
-    assert cni.load_conf_dir(str(tmp_path / "nope")) == cni.ConfDirLoad((), ())
+    assert libcni.load_conf_dir(str(tmp_path / "nope")) == libcni.ConfDirLoad((), ())
 
 
 def test_conflist_plugins_from_network_subdir(tmp_path):
@@ -175,22 +175,22 @@ def test_conflist_plugins_from_network_subdir(tmp_path):
     write(tmp_path / "net", "b.conf", {"type": "tuning"})
     write(tmp_path / "net", "a.conf", {"type": "portmap"})
     write(tmp_path / "net", "c.json", {"type": "ignored"})
-    net = cni.conflist_from_file(str(tmp_path / "10-net.conflist"))
+    net = libcni.conflist_from_file(str(tmp_path / "10-net.conflist"))
     assert [p.type for p in net.plugins] == ["bridge", "portmap", "tuning"]
     write(tmp_path, "10-net.conflist", {"name": "net", "loadOnlyInlinedPlugins": True,
                                         "plugins": [{"type": "bridge"}]})
-    assert [p.type for p in cni.conflist_from_file(str(tmp_path / "10-net.conflist")).plugins] == ["bridge"]
+    assert [p.type for p in libcni.conflist_from_file(str(tmp_path / "10-net.conflist")).plugins] == ["bridge"]
 
 
 def test_conflist_without_inline_plugins_needs_a_subdir(tmp_path):
     path = write(tmp_path, "10-net.conflist", {"name": "net", "cniVersion": "1.1.0"})
-    with pytest.raises(cni.ConfigError, match="no plugin configs found"):
-        cni.conflist_from_file(path)
+    with pytest.raises(libcni.ConfigError, match="no plugin configs found"):
+        libcni.conflist_from_file(path)
     os.mkdir(tmp_path / "net")
     write(tmp_path / "net", "a.conf", {"type": "bridge"})
-    assert [p.type for p in cni.conflist_from_file(path).plugins] == ["bridge"]
+    assert [p.type for p in libcni.conflist_from_file(path).plugins] == ["bridge"]
 
 
 def test_parsed_configs_are_hashable_values():
-    a = cni.conflist_from_bytes(FLANNEL)
-    assert a == cni.conflist_from_bytes(FLANNEL) and hash(a) == hash(cni.conflist_from_bytes(FLANNEL))
+    a = libcni.conflist_from_bytes(FLANNEL)
+    assert a == libcni.conflist_from_bytes(FLANNEL) and hash(a) == hash(libcni.conflist_from_bytes(FLANNEL))

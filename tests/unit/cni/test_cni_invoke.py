@@ -8,7 +8,7 @@ import os
 import pytest
 from cni_fakes import FakeExec
 
-import cni
+import libcni
 
 BASE = {"PATH": "/usr/bin", "CNI_COMMAND": "stale", "CNI_NETNS": "stale", "HOME": "/root"}
 ARGS = (("IgnoreUnknown", "1"), ("K8S_POD_NAME", "web"))
@@ -16,7 +16,7 @@ ARGS = (("IgnoreUnknown", "1"), ("K8S_POD_NAME", "web"))
 
 @pytest.mark.parametrize("command", ["ADD", "DEL", "CHECK"])
 def test_env_for_attachment_commands(command):
-    env = cni.build_env(command, "cid", "/ns", "eth0", ARGS, ["/a", "/b"], base=BASE)
+    env = libcni.build_env(command, "cid", "/ns", "eth0", ARGS, ["/a", "/b"], base=BASE)
     assert env == {"PATH": "/usr/bin", "HOME": "/root", "CNI_COMMAND": command,
                    "CNI_CONTAINERID": "cid", "CNI_NETNS": "/ns", "CNI_IFNAME": "eth0",
                    "CNI_ARGS": "IgnoreUnknown=1;K8S_POD_NAME=web",
@@ -26,20 +26,20 @@ def test_env_for_attachment_commands(command):
 @pytest.mark.parametrize("command", ["STATUS", "GC"])
 def test_env_for_network_commands_has_no_attachment(command):
     # libcni passes an empty RuntimeConf: the variables are set, but empty.
-    env = cni.build_env(command, "cid", "/ns", "eth0", ARGS, ["/a"], base=BASE)
+    env = libcni.build_env(command, "cid", "/ns", "eth0", ARGS, ["/a"], base=BASE)
     assert {k: v for k, v in env.items() if k.startswith("CNI_")} == {
         "CNI_COMMAND": command, "CNI_CONTAINERID": "", "CNI_NETNS": "", "CNI_IFNAME": "",
         "CNI_ARGS": "", "CNI_PATH": "/a"}
 
 
 def test_env_for_version_has_placeholders():
-    env = cni.build_env("VERSION", base={})
+    env = libcni.build_env("VERSION", base={})
     assert env == {"CNI_COMMAND": "VERSION", "CNI_CONTAINERID": "", "CNI_NETNS": "dummy",
                    "CNI_IFNAME": "dummy", "CNI_ARGS": "", "CNI_PATH": "dummy"}
 
 
 def test_env_inherits_os_environ_by_default():
-    env = cni.build_env("ADD", "c", "/n", "eth0")
+    env = libcni.build_env("ADD", "c", "/n", "eth0")
     assert env["PATH"] == os.environ["PATH"]
 
 
@@ -49,25 +49,25 @@ def test_find_plugin(tmp_path):
     b.mkdir()
     (b / "bridge").write_text("")
     (a / "bridge").mkdir()  # a directory is not a plugin
-    assert cni.find_plugin("bridge", [str(a), str(b)]) == str(b / "bridge")
-    with pytest.raises(cni.PluginNotFound) as info:
-        cni.find_plugin("macvlan", [str(a), str(b)])
+    assert libcni.find_plugin("bridge", [str(a), str(b)]) == str(b / "bridge")
+    with pytest.raises(libcni.PluginNotFound) as info:
+        libcni.find_plugin("macvlan", [str(a), str(b)])
     assert str(info.value) == f'failed to find plugin "macvlan" in path [{a} {b}]'
-    with pytest.raises(cni.PluginNotFound):
-        cni.find_plugin("../b/bridge", [str(a)])
+    with pytest.raises(libcni.PluginNotFound):
+        libcni.find_plugin("../b/bridge", [str(a)])
 
 
 def decode(stdout: bytes, returncode: int = 0, command: str = "ADD", stderr: bytes = b"",
            version: str = "1.0.0"):
-    return cni.decode_output(cni.ExecOutput(stdout, stderr, returncode), plugin="bridge",
+    return libcni.decode_output(libcni.ExecOutput(stdout, stderr, returncode), plugin="bridge",
                              command=command, cni_version=version)
 
 
 def test_decode_error_object():
-    with pytest.raises(cni.PluginError) as info:
+    with pytest.raises(libcni.PluginError) as info:
         decode(b'{"cniVersion":"1.0.0","code":7,"msg":"bad config","details":"no ipam"}', 1)
     err = info.value
-    assert type(err) is cni.PluginError
+    assert type(err) is libcni.PluginError
     assert (err.code, err.msg, err.details, err.plugin, err.command) == (
         7, "bad config", "no ipam", "bridge", "ADD")
     assert err.to_dict("1.0.0") == {"cniVersion": "1.0.0", "code": 7, "msg": "bad config",
@@ -94,12 +94,12 @@ def test_decode_error_object():
     (b"\xff\x01", 1, "ADD", b"", 'diagnostic message "\\xff\\x01": invalid character'),
 ])
 def test_decode_failure_without_error_object(stdout, returncode, command, stderr, message):
-    with pytest.raises(cni.InvalidPluginOutput) as info:
+    with pytest.raises(libcni.InvalidPluginOutput) as info:
         decode(stdout, returncode, command, stderr=stderr)
     err = info.value
     assert message in err.msg
     assert (err.code, err.plugin, err.command) == (0, "bridge", command)
-    assert isinstance(err, cni.PluginError)
+    assert isinstance(err, libcni.PluginError)
 
 
 @pytest.mark.parametrize("stdout,message", [
@@ -108,17 +108,17 @@ def test_decode_failure_without_error_object(stdout, returncode, command, stderr
     (b'{"cniVersion":"7.0.0"}', 'invalid result: unsupported CNI result version "7.0.0"'),
 ])
 def test_decode_invalid_result(stdout, message):
-    with pytest.raises(cni.InvalidPluginOutput) as info:
+    with pytest.raises(libcni.InvalidPluginOutput) as info:
         decode(stdout, 0, "ADD", stderr=b"line 1\nfatal: no bridge\n")
     assert message in info.value.msg
     assert "stderr: line 1\nfatal: no bridge" in info.value.details
 
 
 def test_decode_error_object_without_msg():
-    with pytest.raises(cni.PluginError) as info:
+    with pytest.raises(libcni.PluginError) as info:
         decode(b"{}", 3)
     assert (info.value.code, info.value.msg) == (0, "exit status 3 with an empty error message")
-    with pytest.raises(cni.PluginError) as info:
+    with pytest.raises(libcni.PluginError) as info:
         decode(b"null", 3)
     assert (info.value.code, info.value.msg) == (0, "exit status 3 with an empty error message")
 
@@ -132,7 +132,7 @@ def test_decode_success():
 
 def test_stderr_tail_is_bounded():
     stderr = "".join(f"line {i}\n" for i in range(100)).encode()
-    with pytest.raises(cni.InvalidPluginOutput) as info:
+    with pytest.raises(libcni.InvalidPluginOutput) as info:
         decode(b"", 0, stderr=stderr)
     assert info.value.details == "stderr: " + "\n".join(f"line {i}" for i in range(90, 100))
 
@@ -140,14 +140,14 @@ def test_stderr_tail_is_bounded():
 def test_exec_plugin_logs_one_line_per_run(caplog):
     fake = FakeExec()
     fake.script("bridge", "DEL", error=(11, "busy", ""))
-    env = cni.build_env("DEL", "c0ffee", "/ns", "eth0", (), ["/bin"])
-    with caplog.at_level(logging.INFO, logger="cni.invoke"):
-        with pytest.raises(cni.PluginError):
-            cni.exec_plugin(fake, plugin="bridge", plugin_path="/bin/bridge", command="DEL",
+    env = libcni.build_env("DEL", "c0ffee", "/ns", "eth0", (), ["/bin"])
+    with caplog.at_level(logging.INFO, logger="libcni.plugins"):
+        with pytest.raises(libcni.PluginError):
+            libcni.exec_plugin(fake, plugin="bridge", plugin_path="/bin/bridge", command="DEL",
                             stdin=b"{}", env=env, timeout=None)
-        cni.exec_plugin(fake, plugin="portmap", plugin_path="/bin/portmap", command="STATUS",
-                        stdin=b"{}", env=cni.build_env("STATUS"), timeout=None)
-    lines = [r.getMessage() for r in caplog.records if r.name == "cni.invoke"]
+        libcni.exec_plugin(fake, plugin="portmap", plugin_path="/bin/portmap", command="STATUS",
+                        stdin=b"{}", env=libcni.build_env("STATUS"), timeout=None)
+    lines = [r.getMessage() for r in caplog.records if r.name == "libcni.plugins"]
     assert len(lines) == 2
     assert lines[0].startswith("plugin=bridge command=DEL container=c0ffee ifname=eth0 duration_ms=")
     assert lines[0].endswith("result=error code=11")
@@ -158,20 +158,20 @@ def test_exec_plugin_logs_one_line_per_run(caplog):
 def test_exec_layer_os_errors_become_cni_errors():
     fake = FakeExec()
     fake.script("bridge", "ADD", raises=PermissionError(13, "Permission denied"))
-    with pytest.raises(cni.CNIError) as info:
-        cni.exec_plugin(fake, plugin="bridge", plugin_path="/bin/bridge", command="ADD",
+    with pytest.raises(libcni.CNIError) as info:
+        libcni.exec_plugin(fake, plugin="bridge", plugin_path="/bin/bridge", command="ADD",
                         stdin=b"{}", env={"CNI_COMMAND": "ADD"}, timeout=None)
-    assert info.value.code == cni.ERR_IO_FAILURE and info.value.plugin == "bridge"
+    assert info.value.code == libcni.ERR_IO_FAILURE and info.value.plugin == "bridge"
 
 
 def test_error_tree():
-    for cls in (cni.PluginError, cni.ExecTimeout, cni.PluginNotFound, cni.ConfigError,
-                cni.CommandNotSupported):
-        assert issubclass(cls, cni.CNIError)
-    assert issubclass(cni.InvalidPluginOutput, cni.PluginError)
-    err = cni.CNIError(cni.ERR_IO_FAILURE, "disk full")
+    for cls in (libcni.PluginError, libcni.ExecTimeout, libcni.PluginNotFound, libcni.ConfigError,
+                libcni.CommandNotSupported):
+        assert issubclass(cls, libcni.CNIError)
+    assert issubclass(libcni.InvalidPluginOutput, libcni.PluginError)
+    err = libcni.CNIError(libcni.ERR_IO_FAILURE, "disk full")
     assert str(err) == "disk full" and err.details == "" and err.plugin is None
     assert err.to_json() == '{"code": 5, "msg": "disk full"}'
-    assert str(cni.ExecTimeout("bridge", "ADD", 2.5)) == (
+    assert str(libcni.ExecTimeout("bridge", "ADD", 2.5)) == (
         'plugin "bridge" failed on ADD: timed out after 2.5s and was killed')
-    assert str(cni.ConfigError("bad", "/etc/x.conf")) == "/etc/x.conf: bad"
+    assert str(libcni.ConfigError("bad", "/etc/x.conf")) == "/etc/x.conf: bad"

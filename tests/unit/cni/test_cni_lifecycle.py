@@ -8,7 +8,7 @@ import os
 import pytest
 from cni_fakes import ALL_VERSIONS, FakeExec, conflist
 
-import cni
+import libcni
 
 PATH = "/opt/cni/bin" + os.pathsep + "/usr/lib/cni"
 NO_ATTACHMENT_ENV = {"CNI_CONTAINERID": "", "CNI_NETNS": "", "CNI_IFNAME": "",
@@ -23,8 +23,8 @@ def test_check_per_version(config, fake_exec, rt, version):
     config.add_network_list(net, rt)
     cached = config.get_cached_result(net, rt)
     fake_exec.calls.clear()
-    if not cni.version_ge(version, "0.4.0"):
-        with pytest.raises(cni.CommandNotSupported) as info:
+    if not libcni.version_ge(version, "0.4.0"):
+        with pytest.raises(libcni.CommandNotSupported) as info:
             config.check_network_list(net, rt)
         assert str(info.value) == (f'configuration version "{version}" does not support '
                                    "the CHECK command")
@@ -47,7 +47,7 @@ def test_check_disabled(config, fake_exec, rt):
 
 def test_check_stops_at_the_first_error(config, fake_exec, rt):
     fake_exec.script("bridge", "CHECK", error=(5, "veth missing", ""))
-    with pytest.raises(cni.PluginError) as info:
+    with pytest.raises(libcni.PluginError) as info:
         config.check_network_list(conflist("1.0.0"), rt)
     assert info.value.command == "CHECK" and info.value.code == 5
     assert fake_exec.commands() == [("bridge", "CHECK")]
@@ -70,10 +70,10 @@ def test_status_per_version(config, fake_exec, version):
                                         "name": "testnet", "cniVersion": "1.1.0"}
 
 
-@pytest.mark.parametrize("code", [cni.ERR_PLUGIN_NOT_AVAILABLE, cni.ERR_PLUGIN_NOT_AVAILABLE_LIMITED])
+@pytest.mark.parametrize("code", [libcni.ERR_PLUGIN_NOT_AVAILABLE, libcni.ERR_PLUGIN_NOT_AVAILABLE_LIMITED])
 def test_status_not_ready(config, fake_exec, code):
     fake_exec.script("bridge", "STATUS", error=(code, "no subnet lease yet", ""))
-    with pytest.raises(cni.PluginError) as info:
+    with pytest.raises(libcni.PluginError) as info:
         config.get_status_network_list(conflist("1.1.0"))
     assert info.value.code == code
     assert fake_exec.commands() == [("bridge", "STATUS")]
@@ -82,7 +82,7 @@ def test_status_not_ready(config, fake_exec, code):
 # --- GC -----------------------------------------------------------------------------
 
 def _attach(config, net, container_id, ifname="eth0"):
-    config.add_network_list(net, cni.RuntimeConf(container_id, f"/ns/{container_id}", ifname,
+    config.add_network_list(net, libcni.RuntimeConf(container_id, f"/ns/{container_id}", ifname,
                                                  (("K", container_id),), {"portMappings": []}))
 
 
@@ -95,8 +95,8 @@ def test_gc_deletes_stale_attachments_and_calls_gc(config, fake_exec, cache_dir,
     _attach(config, other, "stale")
     fake_exec.calls.clear()
 
-    config.gc_network_list(net, [cni.GCAttachment("keep", "eth0"),
-                                 cni.GCAttachment("gone", "eth9")])
+    config.gc_network_list(net, [libcni.GCAttachment("keep", "eth0"),
+                                 libcni.GCAttachment("gone", "eth9")])
 
     dels = fake_exec.of("DEL")
     assert [(c.plugin, c.cni_env["CNI_CONTAINERID"]) for c in dels] == [
@@ -132,7 +132,7 @@ def test_gc_keeps_going_and_raises_the_first_error(config, fake_exec):
     fake_exec.calls.clear()
     fake_exec.script("bridge", "DEL", error=(5, "del failed", ""))
     fake_exec.script("portmap", "GC", error=(5, "gc failed", ""))
-    with pytest.raises(cni.PluginError) as info:
+    with pytest.raises(libcni.PluginError) as info:
         config.gc_network_list(net, [])
     assert info.value.msg == "del failed"
     assert any("gc failed" in n for n in info.value.__notes__)
@@ -149,7 +149,7 @@ def test_gc_with_empty_valid_list_sends_an_empty_list(config, fake_exec):
 
 def test_validate_network_list(cache_dir):
     fake = FakeExec(available=["bridge", "portmap"])
-    config = cni.CNIConfig(["/opt/cni/bin"], exec=fake, cache_dir=cache_dir)
+    config = libcni.CNIConfig(["/opt/cni/bin"], exec=fake, cache_dir=cache_dir)
     config.validate_network_list(conflist("1.0.0"))
     version_call = fake.calls[0]
     assert version_call.cni_env["CNI_COMMAND"] == "VERSION"
@@ -160,11 +160,11 @@ def test_validate_network_list_reports_every_problem(cache_dir):
     fake = FakeExec(available=["bridge"])
     fake.script("bridge", "VERSION", result={"cniVersion": "0.4.0",
                                               "supportedVersions": ["0.3.1", "0.4.0"]})
-    config = cni.CNIConfig(["/opt/cni/bin"], exec=fake, cache_dir=cache_dir)
-    with pytest.raises(cni.CNIError) as info:
+    config = libcni.CNIConfig(["/opt/cni/bin"], exec=fake, cache_dir=cache_dir)
+    with pytest.raises(libcni.CNIError) as info:
         config.validate_network_list(conflist("1.0.0"))
     assert info.value.msg == 'plugin bridge does not support config version "1.0.0"'
-    assert info.value.code == cni.ERR_INCOMPATIBLE_VERSION
+    assert info.value.code == libcni.ERR_INCOMPATIBLE_VERSION
     assert any('failed to find plugin "portmap"' in n for n in info.value.__notes__)
 
 
@@ -172,7 +172,7 @@ def test_version_info_of_a_pre_version_plugin(cache_dir):
     fake = FakeExec()
     fake.script("old", "VERSION", error=(4, "unknown CNI_COMMAND: VERSION", ""))
     fake.script("020", "VERSION", result={"cniVersion": "0.2.0"})
-    config = cni.CNIConfig(["/bin"], exec=fake, cache_dir=cache_dir)
+    config = libcni.CNIConfig(["/bin"], exec=fake, cache_dir=cache_dir)
     assert config.get_version_info("old").supported_versions == ("0.1.0",)
     assert config.get_version_info("020").supported_versions == ("0.1.0", "0.2.0")
     config.validate_network_list(conflist("", [{"type": "old"}]))  # "" means 0.1.0

@@ -15,14 +15,14 @@ import time
 import pytest
 from cni_fakes import RECORDER, REQUIRE_ALL
 
-import cni
+import libcni
 
 DEBIAN_PLUGINS = "/usr/lib/cni"
 
 
-def run(conf: dict, command: str = "ADD", timeout: float | None = 10, **kw) -> cni.ExecOutput:
-    env = cni.build_env(command, "cid", "/ns", "eth0", (("A", "1"),), ["/x"])
-    return cni.RawExec(**kw).run(RECORDER, json.dumps(conf).encode(), env, timeout)
+def run(conf: dict, command: str = "ADD", timeout: float | None = 10, **kw) -> libcni.ExecOutput:
+    env = libcni.build_env(command, "cid", "/ns", "eth0", (("A", "1"),), ["/x"])
+    return libcni.RawExec(**kw).run(RECORDER, json.dumps(conf).encode(), env, timeout)
 
 
 def records(path) -> list[dict]:
@@ -44,28 +44,31 @@ def test_rawexec_passes_stdin_and_env_exactly(tmp_path):
 
 def decode(conf: dict, command: str = "ADD"):
     out = run(conf, command)
-    return cni.decode_output(out, plugin="recorder", command=command, cni_version="1.0.0")
+    return libcni.decode_output(out, plugin="recorder", command=command, cni_version="1.0.0")
 
 
 def test_real_error_object():
-    with pytest.raises(cni.PluginError) as info:
+    with pytest.raises(libcni.PluginError) as info:
         decode({"error": {"code": 11, "msg": "try again", "details": "lock held"}})
     assert (info.value.code, info.value.msg, info.value.details) == (11, "try again", "lock held")
 
 
 def test_real_garbage_and_empty_output():
-    with pytest.raises(cni.InvalidPluginOutput, match="invalid result"):
+    with pytest.raises(libcni.InvalidPluginOutput, match="invalid result"):
         decode({"garbage": "hello"})
-    with pytest.raises(cni.InvalidPluginOutput) as info:
+    with pytest.raises(libcni.InvalidPluginOutput) as info:
         decode({"garbage": "", "exitCode": 3, "stderr": "bridge: cannot create\n"}, "DEL")
     assert info.value.msg == 'netplugin failed: "bridge: cannot create\\n"'
-    with pytest.raises(cni.InvalidPluginOutput, match="error parsing its diagnostic message"):
+    with pytest.raises(libcni.InvalidPluginOutput, match="error parsing its diagnostic message"):
         decode({"garbage": "Traceback...", "exitCode": 1})
 
 
 def test_stderr_is_logged_at_debug(caplog):
-    with caplog.at_level(logging.DEBUG, logger="cni.invoke"):
-        run({"stderr": "one\ntwo\n"}, "DEL")
+    env = libcni.build_env("DEL", "cid", "/ns", "eth0", (), ["/x"])
+    with caplog.at_level(logging.DEBUG, logger="libcni.plugins"):
+        libcni.exec_plugin(libcni.RawExec(), plugin="recorder", plugin_path=RECORDER,
+                           command="DEL", stdin=json.dumps({"stderr": "one\ntwo\n"}).encode(),
+                           env=env, timeout=10)
     assert "plugin recorder stderr: two" in [r.getMessage() for r in caplog.records]
 
 
@@ -75,10 +78,10 @@ def test_timeout_kills_the_plugin_and_its_children(tmp_path):
     script.write_text("#!/bin/sh\nsleep 60 &\necho $! > %s\nwait\n" % pidfile)
     script.chmod(0o755)
     start = time.monotonic()
-    with pytest.raises(cni.ExecTimeout) as info:
-        cni.RawExec().run(str(script), b"{}", {"CNI_COMMAND": "ADD", "PATH": os.environ["PATH"]}, 0.5)
+    with pytest.raises(libcni.ExecTimeout) as info:
+        libcni.RawExec().run(str(script), b"{}", {"CNI_COMMAND": "ADD", "PATH": os.environ["PATH"]}, 0.5)
     assert time.monotonic() - start < 10
-    assert (info.value.plugin, info.value.command, info.value.code) == ("slow", "ADD", cni.ERR_TRY_AGAIN_LATER)
+    assert (info.value.plugin, info.value.command, info.value.code) == ("slow", "ADD", libcni.ERR_TRY_AGAIN_LATER)
     child = int(pidfile.read_text())
     for _ in range(100):  # the grandchild got SIGKILL with the group; wait for it to go
         try:
@@ -97,8 +100,8 @@ def test_text_file_busy_is_retried(tmp_path):
     fd = os.open(script, os.O_WRONLY | os.O_CREAT, 0o755)
     os.write(fd, b"#!/bin/sh\necho '{}'\n")
     try:
-        cni.RawExec(busy_retries=0).run(str(script), b"", {}, 5)
-    except cni.CNIError as exc:
+        libcni.RawExec(busy_retries=0).run(str(script), b"", {}, 5)
+    except libcni.CNIError as exc:
         if not isinstance(exc.__cause__, OSError) or exc.__cause__.errno != errno.ETXTBSY:
             raise
     else:
@@ -109,7 +112,7 @@ def test_text_file_busy_is_retried(tmp_path):
     timer = threading.Timer(0.3, os.close, [fd])
     timer.start()
     try:
-        out = cni.RawExec(busy_retries=50, busy_retry_delay=0.05).run(str(script), b"", {}, 5)
+        out = libcni.RawExec(busy_retries=50, busy_retry_delay=0.05).run(str(script), b"", {}, 5)
     finally:
         timer.join()
     assert out.stdout == b"{}\n"
@@ -118,11 +121,11 @@ def test_text_file_busy_is_retried(tmp_path):
 def test_exec_failures(tmp_path):
     not_exec = tmp_path / "plain"
     not_exec.write_text("#!/bin/sh\n")
-    with pytest.raises(cni.CNIError) as info:
-        cni.RawExec().run(str(not_exec), b"", {}, 5)
-    assert info.value.code == cni.ERR_IO_FAILURE and "Permission denied" in info.value.msg
-    with pytest.raises(cni.PluginNotFound):
-        cni.RawExec().run(str(tmp_path / "gone"), b"", {}, 5)
+    with pytest.raises(libcni.CNIError) as info:
+        libcni.RawExec().run(str(not_exec), b"", {}, 5)
+    assert info.value.code == libcni.ERR_IO_FAILURE and "Permission denied" in info.value.msg
+    with pytest.raises(libcni.PluginNotFound):
+        libcni.RawExec().run(str(tmp_path / "gone"), b"", {}, 5)
 
 
 # --- CNIConfig end to end -----------------------------------------------------------
@@ -131,21 +134,21 @@ def test_chain_through_real_processes(recorder_bin, tmp_path):
     log = str(tmp_path / "log")
     first = {"cniVersion": "1.0.0", "interfaces": [{"name": "eth0", "sandbox": "/ns"}],
              "ips": [{"interface": 0, "address": "10.22.0.5/16", "gateway": "10.22.0.1"}]}
-    net = cni.conflist_from_bytes(json.dumps({
+    net = libcni.conflist_from_bytes(json.dumps({
         "cniVersion": "1.0.0", "name": "chain",
         "plugins": [{"type": "a", "recordTo": log, "result": first},
                     {"type": "b", "recordTo": log, "capabilities": {"portMappings": True}},
                     {"type": "c", "recordTo": log, "on": {"DEL": {"error": {"code": 7, "msg": "c"}}}}],
     }).encode())
     cache = str(tmp_path / "cache")
-    config = cni.CNIConfig([str(tmp_path / "nowhere"), recorder_bin], cache_dir=cache, timeout=10)
-    rt = cni.RuntimeConf("pod1", "/ns", "eth0", (("IgnoreUnknown", "1"),),
+    config = libcni.CNIConfig([str(tmp_path / "nowhere"), recorder_bin], cache_dir=cache, timeout=10)
+    rt = libcni.RuntimeConf("pod1", "/ns", "eth0", (("IgnoreUnknown", "1"),),
                          {"portMappings": [{"hostPort": 80, "containerPort": 8080, "protocol": "tcp"}]})
 
     result = config.add_network_list(net, rt)
     assert [str(ip.address.ip) for ip in result.sandbox_ips("eth0")] == ["10.22.0.5"]
     config.check_network_list(net, rt)
-    with pytest.raises(cni.PluginError) as info:
+    with pytest.raises(libcni.PluginError) as info:
         config.del_network_list(net, rt)
     assert info.value.plugin == "c"
 
@@ -167,13 +170,13 @@ def test_chain_through_real_processes(recorder_bin, tmp_path):
 
 
 def test_version_through_a_real_process(recorder_bin, monkeypatch):
-    config = cni.CNIConfig([recorder_bin])
-    assert config.get_version_info("a").supported_versions == tuple(cni.SUPPORTED_VERSIONS)
+    config = libcni.CNIConfig([recorder_bin])
+    assert config.get_version_info("a").supported_versions == tuple(libcni.SUPPORTED_VERSIONS)
     monkeypatch.setenv("RECORDER_VERSIONS", "unknown")
-    assert config.get_version_info("a") == cni.PluginInfo("0.1.0", ("0.1.0",))
+    assert config.get_version_info("a") == libcni.PluginInfo("0.1.0", ("0.1.0",))
     monkeypatch.setenv("RECORDER_VERSIONS", "0.3.1,0.4.0")
-    net = cni.conflist_from_bytes(b'{"cniVersion":"1.0.0","name":"n","plugins":[{"type":"a"}]}')
-    with pytest.raises(cni.CNIError, match='does not support config version "1.0.0"'):
+    net = libcni.conflist_from_bytes(b'{"cniVersion":"1.0.0","name":"n","plugins":[{"type":"a"}]}')
+    with pytest.raises(libcni.CNIError, match='does not support config version "1.0.0"'):
         config.validate_network_list(net)
 
 
@@ -182,10 +185,10 @@ def test_real_bridge_version():
         if REQUIRE_ALL:
             pytest.fail(f"Debian's CNI plugins are not in {DEBIAN_PLUGINS}")
         pytest.skip("Debian's CNI plugins are not installed")
-    config = cni.CNIConfig([DEBIAN_PLUGINS])
+    config = libcni.CNIConfig([DEBIAN_PLUGINS])
     info = config.get_version_info("bridge")
     assert {"0.3.1", "0.4.0", "1.0.0"} <= set(info.supported_versions)
-    net = cni.conflist_from_bytes(b'{"cniVersion":"1.0.0","name":"n","plugins":'
+    net = libcni.conflist_from_bytes(b'{"cniVersion":"1.0.0","name":"n","plugins":'
                                   b'[{"type":"bridge"},{"type":"portmap"},{"type":"loopback"}]}')
     config.validate_network_list(net)
 
@@ -196,12 +199,12 @@ def test_caller_deadline_kills_a_real_plugin(tmp_path):
     plugin_dir = tmp_path / "bin"
     plugin_dir.mkdir()
     os.symlink(RECORDER, plugin_dir / "recorder")
-    net = cni.conflist_from_bytes(json.dumps({"cniVersion": "1.0.0", "name": "slow", "plugins": [
+    net = libcni.conflist_from_bytes(json.dumps({"cniVersion": "1.0.0", "name": "slow", "plugins": [
         {"type": "recorder", "sleep": 30}]}).encode())
-    config = cni.CNIConfig([str(plugin_dir)], cache_dir=str(tmp_path / "cache"), timeout=60)
+    config = libcni.CNIConfig([str(plugin_dir)], cache_dir=str(tmp_path / "cache"), timeout=60)
     start = time.monotonic()
-    with pytest.raises(cni.DeadlineExceeded) as info:
-        config.add_network_list(net, cni.RuntimeConf("cid", "/ns", "eth0"),
+    with pytest.raises(libcni.DeadlineExceeded) as info:
+        config.add_network_list(net, libcni.RuntimeConf("cid", "/ns", "eth0"),
                                 deadline=time.monotonic() + 0.5)
     assert time.monotonic() - start < 5
     assert info.value.msg.startswith("killed after 0.5") and info.value.plugin == "recorder"

@@ -7,7 +7,7 @@ from ipaddress import ip_address, ip_interface, ip_network
 import pytest
 from cni_fakes import ALL_VERSIONS
 
-import cni
+import libcni
 
 V1 = {
     "cniVersion": "1.1.0",
@@ -34,14 +34,14 @@ V1 = {
 
 
 def test_parse_1x():
-    r = cni.parse_result(V1)
+    r = libcni.parse_result(V1)
     assert r.cni_version == "1.1.0"
-    assert r.interfaces[2] == cni.Interface("eth0", "0a:58:0a:00:00:02", "/var/run/netns/x",
+    assert r.interfaces[2] == libcni.Interface("eth0", "0a:58:0a:00:00:02", "/var/run/netns/x",
                                             mtu=1450, socket_path="/s", pci_id="0000:00:01.0")
-    assert r.ips[1] == cni.IPConfig(ip_interface("10.0.0.2/24"), ip_address("10.0.0.1"), 2)
-    assert r.routes[0] == cni.Route(ip_network("0.0.0.0/0"), ip_address("10.0.0.1"),
+    assert r.ips[1] == libcni.IPConfig(ip_interface("10.0.0.2/24"), ip_address("10.0.0.1"), 2)
+    assert r.routes[0] == libcni.Route(ip_network("0.0.0.0/0"), ip_address("10.0.0.1"),
                                     mtu=1400, advmss=1360, priority=5, table=0, scope=253)
-    assert r.dns == cni.DNS(("10.0.0.10",), "cluster.local", ("a", "b"), ("ndots:5",))
+    assert r.dns == libcni.DNS(("10.0.0.10",), "cluster.local", ("a", "b"), ("ndots:5",))
     assert r.raw == V1
     assert r.to_dict() == V1  # a 1.1.0 result round-trips exactly
 
@@ -51,8 +51,8 @@ def test_parse_040_ignores_1x_only_fields_and_version():
             "interfaces": [{"name": "eth0", "sandbox": "/ns", "mtu": 9000}],
             "ips": [{"version": "4", "interface": 0, "address": "10.0.0.2/24"}],
             "dns": {}}
-    r = cni.parse_result(data)
-    assert r.interfaces == (cni.Interface("eth0", "", "/ns"),)
+    r = libcni.parse_result(data)
+    assert r.interfaces == (libcni.Interface("eth0", "", "/ns"),)
     assert r.to_dict() == {"cniVersion": "0.4.0", "interfaces": [{"name": "eth0", "sandbox": "/ns"}],
                            "ips": [{"version": "4", "interface": 0, "address": "10.0.0.2/24"}],
                            "dns": {}}
@@ -65,7 +65,7 @@ def test_parse_020(version):
                     "routes": [{"dst": "0.0.0.0/0"}, {"dst": "10.1.0.0/16", "gw": "10.0.0.254"}]},
             "ip6": {"ip": "fd00::2/64", "routes": [{"dst": "::/0", "gw": "fd00::1"}]},
             "dns": {"nameservers": ["1.1.1.1"]}}
-    r = cni.parse_result(data)
+    r = libcni.parse_result(data)
     assert r.cni_version == (version or "0.1.0")
     assert [str(ip.address) for ip in r.ips] == ["10.0.0.2/24", "fd00::2/64"]
     assert all(ip.interface is None for ip in r.ips)
@@ -78,7 +78,7 @@ def test_parse_020(version):
 
 
 def test_down_conversion_to_020_keeps_first_ip_of_each_family():
-    r = cni.parse_result(V1)
+    r = libcni.parse_result(V1)
     assert r.to_dict("0.2.0") == {
         "cniVersion": "0.2.0",
         "ip4": {"ip": "10.0.0.2/24", "gateway": "10.0.0.1",
@@ -89,7 +89,7 @@ def test_down_conversion_to_020_keeps_first_ip_of_each_family():
 
 
 def test_down_conversion_to_020_drops_routes_of_a_missing_family():
-    r = cni.parse_result({"cniVersion": "1.0.0", "ips": [{"address": "10.0.0.2/24"}],
+    r = libcni.parse_result({"cniVersion": "1.0.0", "ips": [{"address": "10.0.0.2/24"}],
                           "routes": [{"dst": "::/0"}, {"dst": "0.0.0.0/0"}]})
     assert r.to_dict("0.1.0") == {"cniVersion": "0.1.0", "dns": {},
                                   "ip4": {"ip": "10.0.0.2/24", "routes": [{"dst": "0.0.0.0/0"}]}}
@@ -97,11 +97,11 @@ def test_down_conversion_to_020_drops_routes_of_a_missing_family():
 
 def test_down_conversion_to_020_without_ips_fails():
     with pytest.raises(ValueError, match="no valid IP addresses"):
-        cni.parse_result({"cniVersion": "1.0.0"}).to_dict("0.2.0")
+        libcni.parse_result({"cniVersion": "1.0.0"}).to_dict("0.2.0")
 
 
 def test_conversion_to_040_adds_ip_version_and_drops_interface_extras():
-    d = cni.parse_result(V1).to_dict("0.3.1")
+    d = libcni.parse_result(V1).to_dict("0.3.1")
     assert d["cniVersion"] == "0.3.1"
     assert d["interfaces"][2] == {"name": "eth0", "mac": "0a:58:0a:00:00:02",
                                   "sandbox": "/var/run/netns/x"}
@@ -110,7 +110,7 @@ def test_conversion_to_040_adds_ip_version_and_drops_interface_extras():
 
 
 def test_1x_omits_empty_dns_and_0x_always_has_it():
-    r = cni.parse_result({"cniVersion": "1.0.0", "ips": [{"address": "10.0.0.2/24"}]})
+    r = libcni.parse_result({"cniVersion": "1.0.0", "ips": [{"address": "10.0.0.2/24"}]})
     assert "dns" not in r.to_dict("1.0.0")
     assert r.to_dict("0.4.0")["dns"] == {}
     assert r.to_dict("0.2.0")["dns"] == {}
@@ -119,35 +119,35 @@ def test_1x_omits_empty_dns_and_0x_always_has_it():
 @pytest.mark.parametrize("source", ALL_VERSIONS)
 @pytest.mark.parametrize("target", ALL_VERSIONS)
 def test_round_trips_across_versions(source, target):
-    original = cni.parse_result(V1).convert(source)
+    original = libcni.parse_result(V1).convert(source)
     there = original.convert(target)
     back = there.convert(source)
     assert there.cni_version == target
     # What survives is what the narrowest of the two versions can carry.
-    narrow = original.convert(min(source, target, key=cni.parse_version))
+    narrow = original.convert(min(source, target, key=libcni.parse_version))
     assert back.convert(narrow.cni_version) == narrow
     assert {str(ip.address) for ip in back.ips} >= {str(ip.address) for ip in narrow.ips}
 
 
 def test_sandbox_ips():
-    r = cni.parse_result(V1)
+    r = libcni.parse_result(V1)
     assert [str(ip.address) for ip in r.sandbox_ips("eth0")] == [
         "10.0.0.2/24", "10.0.0.3/24", "fd00::2/64"]  # IPv4 first, then result order
     assert r.sandbox_ips("cni0") == ()  # a host-side interface is not in the sandbox
     assert len(r.sandbox_ips()) == 3
-    legacy = cni.parse_result({"cniVersion": "0.2.0", "ip6": {"ip": "fd00::2/64"},
+    legacy = libcni.parse_result({"cniVersion": "0.2.0", "ip6": {"ip": "fd00::2/64"},
                                "ip4": {"ip": "10.0.0.2/24"}})
     assert [str(ip.address) for ip in legacy.sandbox_ips("eth0")] == ["10.0.0.2/24", "fd00::2/64"]
-    bad_index = cni.parse_result({"cniVersion": "1.0.0", "interfaces": [{"name": "eth0", "sandbox": "/n"}],
+    bad_index = libcni.parse_result({"cniVersion": "1.0.0", "interfaces": [{"name": "eth0", "sandbox": "/n"}],
                                   "ips": [{"interface": 3, "address": "10.0.0.2/24"}]})
     assert bad_index.sandbox_ips("eth0") == ()
 
 
 def test_missing_cni_version_takes_the_expected_one():
     data = b'{"ips": [{"address": "10.0.0.2/24"}]}'
-    assert cni.parse_result(data, expected_version="1.0.0").cni_version == "1.0.0"
-    assert cni.parse_result(data).cni_version == "0.1.0"
-    assert cni.parse_result(b"null", expected_version="1.0.0").ips == ()
+    assert libcni.parse_result(data, expected_version="1.0.0").cni_version == "1.0.0"
+    assert libcni.parse_result(data).cni_version == "0.1.0"
+    assert libcni.parse_result(b"null", expected_version="1.0.0").ips == ()
 
 
 @pytest.mark.parametrize("data,message", [
@@ -166,19 +166,19 @@ def test_missing_cni_version_takes_the_expected_one():
 ])
 def test_invalid_results(data, message):
     with pytest.raises(ValueError) as info:
-        cni.parse_result(data)
+        libcni.parse_result(data)
     assert message in str(info.value)
 
 
 def test_result_is_hashable_and_raw_not_compared():
-    a = cni.parse_result(V1)
-    b = cni.parse_result({**V1, "extra": 1})
+    a = libcni.parse_result(V1)
+    b = libcni.parse_result({**V1, "extra": 1})
     assert a == b and hash(a) == hash(b)
     assert b.raw["extra"] == 1
-    assert cni.parse_result(V1).to_json("1.0.0").startswith(b'{"cniVersion":"1.0.0","dns":{')
+    assert libcni.parse_result(V1).to_json("1.0.0").startswith(b'{"cniVersion":"1.0.0","dns":{')
 
 
 def test_raw_gets_the_assumed_version_so_it_reparses_the_same():
-    r = cni.parse_result(b'{"ips": [{"address": "10.0.0.2/24"}]}', expected_version="1.0.0")
+    r = libcni.parse_result(b'{"ips": [{"address": "10.0.0.2/24"}]}', expected_version="1.0.0")
     assert r.raw == {"cniVersion": "1.0.0", "ips": [{"address": "10.0.0.2/24"}]}
-    assert cni.parse_result(r.raw) == r
+    assert libcni.parse_result(r.raw) == r

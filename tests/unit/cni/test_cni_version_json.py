@@ -5,52 +5,52 @@ from __future__ import annotations
 import pytest
 from cni_fakes import ALL_VERSIONS
 
-import cni
+import libcni
 from cni import gojson
 
 
 @pytest.mark.parametrize("text,parsed", [("", (0, 1, 0)), ("0.3.1", (0, 3, 1)), ("1", (1, 0, 0)),
                                          ("1.1", (1, 1, 0)), ("10.0.2", (10, 0, 2))])
 def test_parse_version(text, parsed):
-    assert cni.parse_version(text) == parsed
+    assert libcni.parse_version(text) == parsed
 
 
 @pytest.mark.parametrize("text", ["1.0.0.0", "a.b.c", "1.-1.0", "1..0", " 1.0.0"])
 def test_parse_version_rejects(text):
     with pytest.raises(ValueError):
-        cni.parse_version(text)
+        libcni.parse_version(text)
 
 
 def test_version_ge_is_numeric():
-    assert cni.version_ge("0.10.0", "0.4.0")
-    assert cni.version_ge("1.0.0", "0.4.0") and not cni.version_ge("0.3.1", "0.4.0")
-    assert cni.version_ge("", "0.1.0") and not cni.version_ge("", "0.2.0")
+    assert libcni.version_ge("0.10.0", "0.4.0")
+    assert libcni.version_ge("1.0.0", "0.4.0") and not libcni.version_ge("0.3.1", "0.4.0")
+    assert libcni.version_ge("", "0.1.0") and not libcni.version_ge("", "0.2.0")
 
 
 @pytest.mark.parametrize("version", ALL_VERSIONS + [""])
 def test_commands_and_prev_result_per_version(version):
-    v = cni.parse_version(version)
-    assert cni.command_supported("ADD", version) and cni.command_supported("DEL", version)
-    assert cni.command_supported("CHECK", version) == (v >= (0, 4, 0))
-    assert cni.command_supported("STATUS", version) == (v >= (1, 1, 0))
-    assert cni.command_supported("GC", version) == (v >= (1, 1, 0))
-    assert cni.prev_result_on_del(version) == (v >= (0, 4, 0))
-    assert not cni.command_supported("FROB", version)
+    v = libcni.parse_version(version)
+    assert libcni.command_supported("ADD", version) and libcni.command_supported("DEL", version)
+    assert libcni.command_supported("CHECK", version) == (v >= (0, 4, 0))
+    assert libcni.command_supported("STATUS", version) == (v >= (1, 1, 0))
+    assert libcni.command_supported("GC", version) == (v >= (1, 1, 0))
+    assert libcni.prev_result_on_del(version) == (v >= (0, 4, 0))
+    assert not libcni.command_supported("FROB", version)
 
 
 def test_is_supported_is_exact():
-    assert all(cni.is_supported(v) for v in ALL_VERSIONS)
-    assert cni.is_supported("")
-    assert not cni.is_supported("1.0") and not cni.is_supported("0.5.0")
+    assert all(libcni.is_supported(v) for v in ALL_VERSIONS)
+    assert libcni.is_supported("")
+    assert not libcni.is_supported("1.0") and not libcni.is_supported("0.5.0")
 
 
 def test_negotiate_version():
-    assert cni.negotiate_version("1.0.0", ["1.1.0", "0.4.0"]) == "1.1.0"
-    assert cni.negotiate_version("0.4.0", []) == "0.4.0"
+    assert libcni.negotiate_version("1.0.0", ["1.1.0", "0.4.0"]) == "1.1.0"
+    assert libcni.negotiate_version("0.4.0", []) == "0.4.0"
     with pytest.raises(ValueError):
-        cni.negotiate_version("", ["bogus"])
+        libcni.negotiate_version("", ["bogus"])
     with pytest.raises(ValueError, match="none of"):
-        cni.negotiate_version("", ["9.0.0"])
+        libcni.negotiate_version("", ["9.0.0"])
 
 
 @pytest.mark.parametrize("value,encoded", [

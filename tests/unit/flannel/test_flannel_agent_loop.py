@@ -10,7 +10,8 @@ from ipaddress import IPv4Network
 import pytest
 
 from flannel.agent import Agent, AgentConfig, Backoff, open_store, vxlan_backend, AgentError
-from flannel.subnetenv import CONFLIST, read_subnet_env, write_conflist
+from flannel.subnetenv import CONFLIST, write_conflist
+from flannelcni.subnetenv import read_subnet_env
 from flannel.vxlan import DataPathError
 from flannel_fakes import NETWORK, FakeDataPath, FakeMasq, FakeStore, peer_lease
 from nodeipam.lease import NetworkConfig

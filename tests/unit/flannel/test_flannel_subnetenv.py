@@ -11,9 +11,9 @@ from ipaddress import IPv4Network, IPv6Network
 
 import pytest
 
-from flannel.subnetenv import (CONFLIST, CONFLIST_NAME, SubnetEnv, SubnetEnvError,
-                               read_subnet_env, render_subnet_env, write_conflist,
+from flannel.subnetenv import (CONFLIST, CONFLIST_NAME, render_subnet_env, write_conflist,
                                write_subnet_env)
+from flannelcni.subnetenv import SubnetEnv, SubnetEnvError, read_subnet_env
 
 NET = IPv4Network("10.244.0.0/16")
 SUB = IPv4Network("10.244.1.0/24")
@@ -167,12 +167,13 @@ def test_go_scanner_details(tmp_path):
 
 
 def test_reader_imports_nothing_but_the_stdlib_and_cnis_lean_helpers():
-    code = ("import sys, flannel.subnetenv; "
+    code = ("import sys, flannelcni.subnetenv; "
             "print(sorted(m for m in sys.modules if m.split('.')[0] in "
-            "('flannel', 'nodeipam', 'pyroute2', 'cni', 'cri_shim', 'grpc', 'yaml')))")
+            "('flannel', 'flannelcni', 'nodeipam', 'pyroute2', 'cni', 'libcni', 'cri_shim', "
+            "'grpc', 'yaml')))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
                          cwd=os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(__file__)))))
-    assert out.stdout.strip() == "['cni', 'cni._atomic', 'cni._frozen', 'flannel', 'flannel.subnetenv']"
+    assert out.stdout.strip() == "['cni', 'cni.frozen', 'flannelcni', 'flannelcni.subnetenv']"
 
 
 # -- the conflist (kube-flannel.yml ConfigMap kube-flannel-cfg, cni-conf.json) -------

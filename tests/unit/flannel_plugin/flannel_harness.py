@@ -11,9 +11,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from cni_fakes import FakeExec  # tests/unit/conftest.py puts tests/unit/cni on sys.path
+from libcni.testing import FakeExec
 
-from flannel import plugin
+from flannelcni import plugin
 
 BIN_DIR = "/opt/cni/bin"
 SUBNET_ENV = ("FLANNEL_NETWORK=10.244.0.0/16\nFLANNEL_SUBNET=10.244.1.1/24\n"

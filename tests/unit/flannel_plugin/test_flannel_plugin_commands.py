@@ -11,30 +11,33 @@ from ipaddress import ip_address, ip_interface, ip_network
 from pathlib import Path
 
 import pytest
-from cni_fakes import ALL_VERSIONS, Call, FakeExec
 from flannel_harness import BIN_DIR, CONFLIST, Flannel
 
-import cni
-from flannel import plugin
+import libcni
+from cni.version import SUPPORTED_VERSIONS
+from flannelcni import plugin
+from libcni.testing import Call, FakeExec
+
+ALL_VERSIONS = list(SUPPORTED_VERSIONS)
 
 REPO = Path(__file__).resolve().parents[3]
-BRIDGE_RESULT = cni.Result(
+BRIDGE_RESULT = libcni.Result(
     "1.0.0",
-    interfaces=(cni.Interface("cni0", "aa:bb:cc:00:00:01"),
-                cni.Interface("veth1", "aa:bb:cc:00:00:02"),
-                cni.Interface("eth0", "0a:58:0a:f4:01:02", "/var/run/netns/cni-1")),
-    ips=(cni.IPConfig(ip_interface("10.244.1.2/24"), ip_address("10.244.1.1"), 2),),
-    routes=(cni.Route(ip_network("10.244.0.0/16")), cni.Route(ip_network("0.0.0.0/0"),
+    interfaces=(libcni.Interface("cni0", "aa:bb:cc:00:00:01"),
+                libcni.Interface("veth1", "aa:bb:cc:00:00:02"),
+                libcni.Interface("eth0", "0a:58:0a:f4:01:02", "/var/run/netns/cni-1")),
+    ips=(libcni.IPConfig(ip_interface("10.244.1.2/24"), ip_address("10.244.1.1"), 2),),
+    routes=(libcni.Route(ip_network("10.244.0.0/16")), libcni.Route(ip_network("0.0.0.0/0"),
                                                               ip_address("10.244.1.1"))),
-    dns=cni.DNS())
+    dns=libcni.DNS())
 
 
 def test_add_saves_before_running_the_delegate_with_the_same_env(flannel: Flannel) -> None:
     seen: list[bytes] = []
 
-    def bridge(call: Call) -> cni.ExecOutput:
+    def bridge(call: Call) -> libcni.ExecOutput:
         seen.append(flannel.saved().read_bytes())  # already on disk when the delegate runs
-        return cni.ExecOutput(json.dumps(BRIDGE_RESULT.to_dict("0.3.1")).encode())
+        return libcni.ExecOutput(json.dumps(BRIDGE_RESULT.to_dict("0.3.1")).encode())
 
     flannel.exec.scripts[("bridge", "ADD")] = bridge
     out = flannel.run("ADD", flannel.conf())
@@ -145,7 +148,7 @@ def test_about_names_the_upstream_release(flannel: Flannel) -> None:
 def test_check_does_nothing(flannel: Flannel, version: str) -> None:
     out = flannel.run("CHECK", flannel.conf(version))
     assert flannel.exec.calls == []
-    if cni.version_ge(version, "0.4.0"):
+    if libcni.version_ge(version, "0.4.0"):
         assert (out.rc, out.stdout) == (0, b"")
     else:
         assert out.json["msg"] == "config version does not allow CHECK"
@@ -159,18 +162,18 @@ def test_version(flannel: Flannel) -> None:
 
 def test_through_libcni_with_kube_flannel_conflist(flannel: Flannel, tmp_path: Path) -> None:
     """Our libcni runs the conflist; "flannel" is this plugin, in-process."""
-    def run_flannel(call: Call) -> cni.ExecOutput:
+    def run_flannel(call: Call) -> libcni.ExecOutput:
         out, err = io.BytesIO(), io.StringIO()
         rc = plugin.run(exec_=flannel.exec, environ=call.env, stdin=call.stdin_bytes,
                         stdout=out, stderr=err)
-        return cni.ExecOutput(out.getvalue(), err.getvalue().encode(), rc)
+        return libcni.ExecOutput(out.getvalue(), err.getvalue().encode(), rc)
 
     runtime = FakeExec()
     runtime.scripts[("flannel", "ADD")] = runtime.scripts[("flannel", "DEL")] = run_flannel
     conf = dict(CONFLIST, plugins=[flannel.conf(None), CONFLIST["plugins"][1]])
-    net = cni.conflist_from_bytes(json.dumps(conf).encode())
-    config = cni.CNIConfig([BIN_DIR], exec=runtime, cache_dir=str(tmp_path / "cache"))
-    rt = cni.RuntimeConf("ctr1", "/var/run/netns/cni-1", "eth0")
+    net = libcni.conflist_from_bytes(json.dumps(conf).encode())
+    config = libcni.CNIConfig([BIN_DIR], exec=runtime, cache_dir=str(tmp_path / "cache"))
+    rt = libcni.RuntimeConf("ctr1", "/var/run/netns/cni-1", "eth0")
     flannel.exec.script("bridge", "ADD", result=BRIDGE_RESULT.to_dict("0.3.1"))
 
     result = config.add_network_list(net, rt)
@@ -187,11 +190,13 @@ def test_through_libcni_with_kube_flannel_conflist(flannel: Flannel, tmp_path: P
 
 def test_executable_answers_version_and_imports_nothing_heavy() -> None:
     env = dict(os.environ, CNI_COMMAND="VERSION", PYTHONPATH=str(REPO))
-    out = subprocess.run([sys.executable, "-X", "importtime", "-m", "flannel.plugin"], env=env,
+    out = subprocess.run([sys.executable, "-X", "importtime", "-m", "flannelcni.plugin"], env=env,
                          input=b"", capture_output=True, check=True, cwd="/")
     assert json.loads(out.stdout)["cniVersion"] == "1.1.0"
     imported = {line.split("|")[-1].strip() for line in out.stderr.decode().splitlines()
                 if line.startswith("import time:")}
-    assert {"cni.skel", "flannel.subnetenv"} <= imported
+    assert {"cni.skel", "flannelcni"} <= imported   # the plugin runs as __main__
+    # VERSION is skel's own answer: no command module, no subnet.env reader.
+    assert not {"flannelcni.add", "flannelcni.delete", "flannelcni.subnetenv"} & imported
     for heavy in ("grpc", "google.protobuf", "yaml", "pyroute2", "cri_shim"):
         assert not any(m == heavy or m.startswith(heavy + ".") for m in imported), heavy

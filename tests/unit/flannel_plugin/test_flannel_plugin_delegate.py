@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 from flannel_harness import Flannel
 
-from flannel import plugin
-from flannel.subnetenv import read_subnet_env
+from flannelcni import add, netconf
+from flannelcni.subnetenv import read_subnet_env
 
 # What flannel's json.Marshal(n.Delegate) gives for kube-flannel's conflist and the
 # subnet.env FLANNEL_NETWORK=10.244.0.0/16 FLANNEL_SUBNET=10.244.1.1/24 FLANNEL_MTU=1450
@@ -38,8 +38,8 @@ INPUT_ROUTES = [{"dst": "10.96.0.0/12"}, {"dst": "192.168.244.0/24", "gw": "10.1
 def delegate_for(tmp_path: Path, subnet_env: str, conf: dict) -> dict:
     path = tmp_path / "subnet.env"
     path.write_text(subnet_env)
-    netconf = plugin.load_netconf(json.dumps(conf).encode())
-    return json.loads(plugin.delegate_bytes(plugin.build_delegate(netconf, read_subnet_env(str(path)))))
+    conf_ = netconf.load_netconf(json.dumps(conf).encode())
+    return json.loads(add.delegate_bytes(add.build_delegate(conf_, read_subnet_env(str(path)))))
 
 
 def test_kube_flannel_conflist_delegate_byte_for_byte(flannel: Flannel) -> None:
@@ -93,8 +93,8 @@ def test_input_ipam_is_completed(tmp_path: Path, subnet_env: str, routes: list, 
 def test_input_routes_go_through_types_route(tmp_path: Path) -> None:
     ipam = {"routes": [{"dst": "10.96.0.1/12", "gw": "", "mtu": 0, "table": 0, "priority": 5,
                         "junk": 1}], "dataDir": "/tmp/x"}
-    data = plugin.delegate_bytes(plugin.build_delegate(
-        plugin.load_netconf(json.dumps({"name": "n", "ipam": ipam}).encode()),
+    data = add.delegate_bytes(add.build_delegate(
+        netconf.load_netconf(json.dumps({"name": "n", "ipam": ipam}).encode()),
         _env(tmp_path, V4)))
     # host bits kept, zero ints and empty gw dropped, table (a pointer) kept, struct order
     assert (b'"ipam":{"dataDir":"/tmp/x","ranges":[[{"subnet":"10.1.17.0/24"}]],"routes":'
@@ -169,9 +169,9 @@ def test_subnet_env_is_a_directory(flannel: Flannel) -> None:
 
 
 def test_defaults_for_subnet_file_and_data_dir() -> None:
-    conf = plugin.load_netconf(b'{"name":"cni-flannel","type":"flannel"}')
+    conf = netconf.load_netconf(b'{"name":"cni-flannel","type":"flannel"}')
     assert (conf.subnet_file, conf.data_dir) == ("/run/flannel/subnet.env", "/var/lib/cni/flannel")
-    conf = plugin.load_netconf(b'{"name":"n","subnetFile":null,"dataDir":"/d"}')
+    conf = netconf.load_netconf(b'{"name":"n","subnetFile":null,"dataDir":"/d"}')
     assert (conf.subnet_file, conf.data_dir) == ("/run/flannel/subnet.env", "/d")
 
 

@@ -23,9 +23,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from . import gojson
-from ._atomic import write_atomic
-from .errors import ERR_INVALID_ENV, CNIError
+from atomicfile import write_atomic
+from cni import gojson
+from cni.errors import ERR_INVALID_ENV, CNIError
 
 __all__ = ["CACHE_KIND", "CacheEntry", "ResultCache"]
 

@@ -1,10 +1,10 @@
-"""A frozen value class without ``dataclasses``: the plugin side's start-up budget.
+"""The plugin side's value class: frozen, without ``dataclasses``.
 
 ``dataclasses`` imports ``inspect`` (about 15 ms at every CNI plugin start, more than
-the rest of a plugin's imports together), so the value types a plugin touches
-(``cni.result``, ``cni.invoke``, ``cni.skel``, the flannel plugin) derive from
-``Frozen`` instead and write their ``__init__`` out. ``Frozen`` gives them what
-``@dataclass(frozen=True)`` gave: assignment and deletion raise
+the rest of a plugin's imports together), so every value type of the plugin-side
+packages (``cni``, ``flannelcni``) derives from ``Frozen`` and writes its ``__init__``
+out; the runtime side (``libcni``, ``cri_shim``) uses frozen dataclasses. ``Frozen``
+gives them what ``@dataclass(frozen=True)`` gives: assignment and deletion raise
 ``FrozenInstanceError`` (an ``AttributeError``), and ``==``, ``hash()`` and ``repr()``
 are over the fields named in ``_fields``, in that order, with the same texts.
 Instances keep a ``__dict__``, so ``vars()``, ``copy`` and ``pickle`` work as before.

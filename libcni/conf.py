@@ -19,9 +19,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from . import gojson
-from .errors import ConfigError
-from .version import SUPPORTED_VERSIONS, is_supported, negotiate_version
+from cni import gojson
+from cni.errors import ConfigError
+from cni.version import SUPPORTED_VERSIONS, is_supported, negotiate_version
 
 __all__ = [
     "PluginConf",

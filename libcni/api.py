@@ -34,16 +34,18 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from . import gojson
+from cni import gojson
+from cni.errors import (ERR_DECODING_FAILURE, ERR_INCOMPATIBLE_VERSION, ERR_INVALID_ENV,
+                        ERR_INVALID_NETWORK_CONFIG, ERR_IO_FAILURE, ERR_UNKNOWN_CONTAINER,
+                        CNIError, CommandNotSupported, ConfigError, DeadlineExceeded,
+                        ExecTimeout)
+from cni.invoke import Exec, RawExec, build_env
+from cni.result import Result, parse_result
+from cni.version import command_supported, prev_result_on_del
+
 from .cache import CacheEntry, ResultCache
 from .conf import NetworkConfigList, PluginConf, conflist_from_bytes
-from .errors import (ERR_DECODING_FAILURE, ERR_INCOMPATIBLE_VERSION, ERR_INVALID_ENV,
-                     ERR_INVALID_NETWORK_CONFIG, ERR_IO_FAILURE, ERR_UNKNOWN_CONTAINER,
-                     CNIError, CommandNotSupported, ConfigError, DeadlineExceeded,
-                     ExecTimeout)
-from .invoke import Exec, PluginInfo, RawExec, build_env, exec_plugin, get_version_info
-from .result import Result, parse_result
-from .version import command_supported, prev_result_on_del
+from .plugins import PluginInfo, exec_plugin, get_version_info
 
 __all__ = ["RuntimeConf", "GCAttachment", "CNIConfig", "validate_attachment"]
 
