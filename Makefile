@@ -43,7 +43,7 @@ privileged: deps
 	CRI_SHIM_REQUIRE_ALL=1 $(PY) -m pytest -q -m privileged tests
 
 demo: system-deps venv
-	PYTHON=$(PY) hack/demo
+	$(PY) hack/demo
 
 # Three nodes (etcd, agents, cri-shim, the flannel plugin, VXLAN) in throwaway namespaces.
 demo-cluster: system-deps venv

@@ -8,7 +8,7 @@ a conflist whose only plugin is exactly the delegate config flannel wrote (read
 back from its dataDir after a warm-up ADD), so the difference is what flannel adds:
 an interpreter start, its imports, the file read and write, one more exec.
 
-Until the plugin exists and answers VERSION, the part reports "not available yet".
+A plugin that does not answer VERSION fails the part.
 """
 
 from __future__ import annotations
@@ -22,31 +22,19 @@ from pathlib import Path
 from typing import Any
 
 from .context import Context
-from .node import FLANNEL_NETWORK, FLANNEL_SUBNET, REPO
+from .node import FLANNEL_NETWORK, FLANNEL_SUBNET
 from .rawchain import Network, RawChain
 from .stats import summary
 
-PLUGIN_MODULE = REPO / "flannel" / "plugin.py"
-INSTALLER = REPO / "flannel" / "install.py"
 NAME = "flannelnet"
 VERSION = "1.0.0"
 
 
 def install_plugin(bin_dir: Path) -> tuple[Path, str]:
-    """A ``flannel`` executable in *bin_dir*: the project's own launcher
-    (``python -m flannelcni.install DIR``) when there is one, else what a console-script
-    entry point (``flannel = flannelcni.plugin:main``) would install. Returns the path
-    and which of the two it is."""
-    path = bin_dir / "flannel"
-    if INSTALLER.exists():
-        subprocess.run([sys.executable, "-m", "flannelcni.install", str(bin_dir)], check=True,
-                       capture_output=True, cwd=str(REPO), env=dict(os.environ, PYTHONPATH=str(REPO)))
-        return path, "python -m flannelcni.install"
-    path.write_text(f"#!{sys.executable}\n"
-                    f"import sys\nsys.path.insert(0, {str(REPO)!r})\n"
-                    "from flannelcni.plugin import main\nsys.exit(main())\n")
-    path.chmod(0o755)
-    return path, "console-script style wrapper (no flannelcni.install yet)"
+    """The ``flannel`` executable in *bin_dir*, as ``cri-shim install-flannel`` makes
+    it; returns its path and how it was made."""
+    from flannelcni.install import install
+    return Path(install(str(bin_dir))), "flannelcni.install (a python -S launcher)"
 
 
 def availability(wrapper: Path) -> str | None:
@@ -61,15 +49,10 @@ def availability(wrapper: Path) -> str | None:
 
 def run(ctx: Context) -> dict[str, Any]:
     work = ctx.work
-    if not PLUGIN_MODULE.exists():
-        why = f"{PLUGIN_MODULE.relative_to(REPO)} does not exist yet"
-        ctx.progress(f"flannel: not available yet ({why})")
-        return {"available": False, "reason": why}
     wrapper, launcher = install_plugin(work.bin_dir)
     why = availability(wrapper)
     if why:
-        ctx.progress(f"flannel: not available yet ({why})")
-        return {"available": False, "reason": why}
+        raise RuntimeError(f"the installed flannel plugin does not answer VERSION: {why}")
     fdir = work.root / "flannel"
     fdir.mkdir(exist_ok=True)
     (fdir / "subnet.env").write_text(f"FLANNEL_NETWORK={FLANNEL_NETWORK}\nFLANNEL_SUBNET="

@@ -22,20 +22,16 @@ import time
 from pathlib import Path
 from typing import Any, Sequence
 
+from testbed.netns import Namespace
+from testbed.pods import bridge_plugin
+from testbed.process import REPO, sh
+
 PLUGIN_DIRS = ("/usr/lib/cni", "/opt/cni/bin")
-REPO = Path(__file__).resolve().parents[2]
 SUBNET = "10.88.0.0/19"          # 8190 addresses, only inside the node netns
 NETWORK = "benchnet"
 FLANNEL_NETWORK = "10.89.0.0/16"  # flannel part: the node's lease is a /20 of it
 FLANNEL_SUBNET = "10.89.16.1/20"
 PID_FILES = ("shim.pid",)
-
-
-def sh(*cmd: str, check: bool = True) -> str:
-    proc = subprocess.run(cmd, capture_output=True, text=True)
-    if check and proc.returncode != 0:
-        raise RuntimeError(f"{' '.join(cmd)} failed ({proc.returncode}): {proc.stderr.strip()}")
-    return proc.stdout
 
 
 def missing_prerequisite() -> str | None:
@@ -58,18 +54,11 @@ def plugin_dir() -> str | None:
     return None
 
 
-def bridge_plugin(subnet: str, data_dir: Path, *, bridge: str = "cni0") -> dict[str, Any]:
-    # kube-flannel's delegate shape (issue 8): hairpinMode and flannel's MTU too.
-    return {"type": "bridge", "bridge": bridge, "isGateway": True, "ipMasq": True,
-            "hairpinMode": True, "mtu": 1450,
-            "ipam": {"type": "host-local", "ranges": [[{"subnet": subnet}]],
-                     "routes": [{"dst": "0.0.0.0/0"}], "dataDir": str(data_dir)}}
-
-
 def bench_conflist(work: Path) -> dict[str, Any]:
     """bridge + host-local + portmap, kube-flannel-shaped (loopback is go-cni's)."""
     return {"cniVersion": "1.0.0", "name": NETWORK,
-            "plugins": [bridge_plugin(SUBNET, work / "ipam"),
+            # kube-flannel's delegate shape (issue 8): hairpinMode and flannel's MTU too.
+            "plugins": [bridge_plugin(SUBNET, work / "ipam", hairpinMode=True, mtu=1450),
                         {"type": "portmap", "capabilities": {"portMappings": True}}]}
 
 
@@ -134,8 +123,7 @@ def supervise(script: str, argv: Sequence[str], *, keep: bool = False) -> int:
 
     old = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)}
     try:
-        sh("ip", "netns", "add", node)
-        sh("nsenter", f"--net=/var/run/netns/{node}", "ip", "link", "set", "lo", "up")
+        Namespace(name=node)
         child = subprocess.Popen(["nsenter", f"--net=/var/run/netns/{node}", sys.executable,
                                   script, "--inside", str(root), "--node", node, *argv])
         rc = child.wait()
