@@ -232,17 +232,22 @@ def verbose_info(rec: SandboxRecord) -> dict[str, Any]:
     }
 
 
-class _Unimplemented(grpc.GenericRpcHandler):
-    """Answers every method nobody registered with UNIMPLEMENTED naming it."""
+def _not_implemented(service: str, method: str) -> Callable[..., Any]:
+    def handler(self: "CRIServicer", request: Any, context: grpc.ServicerContext) -> Any:
+        log.info("cri %s code=UNIMPLEMENTED", method)
+        context.abort(grpc.StatusCode.UNIMPLEMENTED,
+                      f"/{service}/{method} is not implemented by {RUNTIME_NAME}")
+    handler.__name__ = method
+    return handler
 
-    def service(self, handler_call_details: grpc.HandlerCallDetails) -> grpc.RpcMethodHandler:
-        method = handler_call_details.method
 
-        def abort(request: bytes, context: grpc.ServicerContext) -> None:
-            log.info("cri %s code=UNIMPLEMENTED", method)
-            context.abort(grpc.StatusCode.UNIMPLEMENTED, f"{method} is not implemented by {RUNTIME_NAME}")
-
-        return grpc.unary_unary_rpc_method_handler(abort)
+# Every CRI method the servicer does not implement answers UNIMPLEMENTED naming itself
+# (the generated base classes would say "Method not implemented!").
+for _service, _base in (("runtime.v1.RuntimeService", pb_grpc.RuntimeServiceServicer),
+                        ("runtime.v1.ImageService", pb_grpc.ImageServiceServicer)):
+    for _method in pb.DESCRIPTOR.services_by_name[_service.split(".")[-1]].methods_by_name:
+        if _method not in CRIServicer.__dict__:
+            setattr(CRIServicer, _method, _not_implemented(_service, _method))
 
 
 class SocketInUse(OSError):
@@ -279,7 +284,6 @@ def build_server(servicer: CRIServicer, address: str, *, max_workers: int = 64) 
                          options=[("grpc.so_reuseport", 0)])
     pb_grpc.add_RuntimeServiceServicer_to_server(servicer, server)
     pb_grpc.add_ImageServiceServicer_to_server(servicer, server)
-    server.add_generic_rpc_handlers((_Unimplemented(),))
     server.add_insecure_port(f"unix://{address}")
     return server
 

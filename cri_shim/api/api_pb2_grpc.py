@@ -64,6 +64,26 @@ class RuntimeServiceStub:
                 request_serializer=cri__shim_dot_api_dot_api__pb2.ListPodSandboxRequest.SerializeToString,
                 response_deserializer=cri__shim_dot_api_dot_api__pb2.ListPodSandboxResponse.FromString,
                 _registered_method=True)
+        self.CreateContainer = channel.unary_unary(
+                '/runtime.v1.RuntimeService/CreateContainer',
+                request_serializer=cri__shim_dot_api_dot_api__pb2.CreateContainerRequest.SerializeToString,
+                response_deserializer=cri__shim_dot_api_dot_api__pb2.CreateContainerResponse.FromString,
+                _registered_method=True)
+        self.StartContainer = channel.unary_unary(
+                '/runtime.v1.RuntimeService/StartContainer',
+                request_serializer=cri__shim_dot_api_dot_api__pb2.StartContainerRequest.SerializeToString,
+                response_deserializer=cri__shim_dot_api_dot_api__pb2.StartContainerResponse.FromString,
+                _registered_method=True)
+        self.StopContainer = channel.unary_unary(
+                '/runtime.v1.RuntimeService/StopContainer',
+                request_serializer=cri__shim_dot_api_dot_api__pb2.StopContainerRequest.SerializeToString,
+                response_deserializer=cri__shim_dot_api_dot_api__pb2.StopContainerResponse.FromString,
+                _registered_method=True)
+        self.RemoveContainer = channel.unary_unary(
+                '/runtime.v1.RuntimeService/RemoveContainer',
+                request_serializer=cri__shim_dot_api_dot_api__pb2.RemoveContainerRequest.SerializeToString,
+                response_deserializer=cri__shim_dot_api_dot_api__pb2.RemoveContainerResponse.FromString,
+                _registered_method=True)
         self.ListContainers = channel.unary_unary(
                 '/runtime.v1.RuntimeService/ListContainers',
                 request_serializer=cri__shim_dot_api_dot_api__pb2.ListContainersRequest.SerializeToString,
@@ -74,10 +94,70 @@ class RuntimeServiceStub:
                 request_serializer=cri__shim_dot_api_dot_api__pb2.ContainerStatusRequest.SerializeToString,
                 response_deserializer=cri__shim_dot_api_dot_api__pb2.ContainerStatusResponse.FromString,
                 _registered_method=True)
+        self.UpdateContainerResources = channel.unary_unary(
+                '/runtime.v1.RuntimeService/UpdateContainerResources',
+                request_serializer=cri__shim_dot_api_dot_api__pb2.UpdateContainerResourcesRequest.SerializeToString,
+                response_deserializer=cri__shim_dot_api_dot_api__pb2.UpdateContainerResourcesResponse.FromString,
+                _registered_method=True)
+        self.ReopenContainerLog = channel.unary_unary(
+                '/runtime.v1.RuntimeService/ReopenContainerLog',
+                request_serializer=cri__shim_dot_api_dot_api__pb2.ReopenContainerLogRequest.SerializeToString,
+                response_deserializer=cri__shim_dot_api_dot_api__pb2.ReopenContainerLogResponse.FromString,
+                _registered_method=True)
+        self.ExecSync = channel.unary_unary(
+                '/runtime.v1.RuntimeService/ExecSync',
+                request_serializer=cri__shim_dot_api_dot_api__pb2.ExecSyncRequest.SerializeToString,
+                response_deserializer=cri__shim_dot_api_dot_api__pb2.ExecSyncResponse.FromString,
+                _registered_method=True)
+        self.Exec = channel.unary_unary(
+                '/runtime.v1.RuntimeService/Exec',
+                request_serializer=cri__shim_dot_api_dot_api__pb2.ExecRequest.SerializeToString,
+                response_deserializer=cri__shim_dot_api_dot_api__pb2.ExecResponse.FromString,
+                _registered_method=True)
+        self.Attach = channel.unary_unary(
+                '/runtime.v1.RuntimeService/Attach',
+                request_serializer=cri__shim_dot_api_dot_api__pb2.AttachRequest.SerializeToString,
+                response_deserializer=cri__shim_dot_api_dot_api__pb2.AttachResponse.FromString,
+                _registered_method=True)
+        self.PortForward = channel.unary_unary(
+                '/runtime.v1.RuntimeService/PortForward',
+                request_serializer=cri__shim_dot_api_dot_api__pb2.PortForwardRequest.SerializeToString,
+                response_deserializer=cri__shim_dot_api_dot_api__pb2.PortForwardResponse.FromString,
+                _registered_method=True)
+        self.ContainerStats = channel.unary_unary(
+                '/runtime.v1.RuntimeService/ContainerStats',
+                request_serializer=cri__shim_dot_api_dot_api__pb2.ContainerStatsRequest.SerializeToString,
+                response_deserializer=cri__shim_dot_api_dot_api__pb2.ContainerStatsResponse.FromString,
+                _registered_method=True)
         self.ListContainerStats = channel.unary_unary(
                 '/runtime.v1.RuntimeService/ListContainerStats',
                 request_serializer=cri__shim_dot_api_dot_api__pb2.ListContainerStatsRequest.SerializeToString,
                 response_deserializer=cri__shim_dot_api_dot_api__pb2.ListContainerStatsResponse.FromString,
+                _registered_method=True)
+        self.PodSandboxStats = channel.unary_unary(
+                '/runtime.v1.RuntimeService/PodSandboxStats',
+                request_serializer=cri__shim_dot_api_dot_api__pb2.PodSandboxStatsRequest.SerializeToString,
+                response_deserializer=cri__shim_dot_api_dot_api__pb2.PodSandboxStatsResponse.FromString,
+                _registered_method=True)
+        self.ListPodSandboxStats = channel.unary_unary(
+                '/runtime.v1.RuntimeService/ListPodSandboxStats',
+                request_serializer=cri__shim_dot_api_dot_api__pb2.ListPodSandboxStatsRequest.SerializeToString,
+                response_deserializer=cri__shim_dot_api_dot_api__pb2.ListPodSandboxStatsResponse.FromString,
+                _registered_method=True)
+        self.GetContainerEvents = channel.unary_stream(
+                '/runtime.v1.RuntimeService/GetContainerEvents',
+                request_serializer=cri__shim_dot_api_dot_api__pb2.GetEventsRequest.SerializeToString,
+                response_deserializer=cri__shim_dot_api_dot_api__pb2.ContainerEventResponse.FromString,
+                _registered_method=True)
+        self.ListMetricDescriptors = channel.unary_unary(
+                '/runtime.v1.RuntimeService/ListMetricDescriptors',
+                request_serializer=cri__shim_dot_api_dot_api__pb2.ListMetricDescriptorsRequest.SerializeToString,
+                response_deserializer=cri__shim_dot_api_dot_api__pb2.ListMetricDescriptorsResponse.FromString,
+                _registered_method=True)
+        self.ListPodSandboxMetrics = channel.unary_unary(
+                '/runtime.v1.RuntimeService/ListPodSandboxMetrics',
+                request_serializer=cri__shim_dot_api_dot_api__pb2.ListPodSandboxMetricsRequest.SerializeToString,
+                response_deserializer=cri__shim_dot_api_dot_api__pb2.ListPodSandboxMetricsResponse.FromString,
                 _registered_method=True)
         self.UpdateRuntimeConfig = channel.unary_unary(
                 '/runtime.v1.RuntimeService/UpdateRuntimeConfig',
@@ -94,6 +174,16 @@ class RuntimeServiceStub:
                 request_serializer=cri__shim_dot_api_dot_api__pb2.RuntimeConfigRequest.SerializeToString,
                 response_deserializer=cri__shim_dot_api_dot_api__pb2.RuntimeConfigResponse.FromString,
                 _registered_method=True)
+        self.CheckpointContainer = channel.unary_unary(
+                '/runtime.v1.RuntimeService/CheckpointContainer',
+                request_serializer=cri__shim_dot_api_dot_api__pb2.CheckpointContainerRequest.SerializeToString,
+                response_deserializer=cri__shim_dot_api_dot_api__pb2.CheckpointContainerResponse.FromString,
+                _registered_method=True)
+        self.UpdatePodSandboxResources = channel.unary_unary(
+                '/runtime.v1.RuntimeService/UpdatePodSandboxResources',
+                request_serializer=cri__shim_dot_api_dot_api__pb2.UpdatePodSandboxResourcesRequest.SerializeToString,
+                response_deserializer=cri__shim_dot_api_dot_api__pb2.UpdatePodSandboxResourcesResponse.FromString,
+                _registered_method=True)
 
 
 class RuntimeServiceServicer:
@@ -106,7 +196,7 @@ class RuntimeServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def RunPodSandbox(self, request, context):
-        """Pod sandboxes: cri-shim's actual job (netns + CNI).
+        """Pod sandboxes: a netns, the CNI chain, the pod's shared namespaces.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -136,9 +226,33 @@ class RuntimeServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
-    def ListContainers(self, request, context):
-        """Containers: kubelet polls these; cri-shim has none, so lists are empty.
+    def CreateContainer(self, request, context):
+        """Containers.
         """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def StartContainer(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def StopContainer(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RemoveContainer(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListContainers(self, request, context):
+        """Missing associated documentation comment in .proto file."""
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
@@ -149,7 +263,81 @@ class RuntimeServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def UpdateContainerResources(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ReopenContainerLog(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ExecSync(self, request, context):
+        """Running commands in containers, and the streaming server's URLs.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Exec(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Attach(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def PortForward(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ContainerStats(self, request, context):
+        """Stats, events, metrics.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def ListContainerStats(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def PodSandboxStats(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListPodSandboxStats(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetContainerEvents(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListMetricDescriptors(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListPodSandboxMetrics(self, request, context):
         """Missing associated documentation comment in .proto file."""
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -169,6 +357,18 @@ class RuntimeServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def RuntimeConfig(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def CheckpointContainer(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def UpdatePodSandboxResources(self, request, context):
         """Missing associated documentation comment in .proto file."""
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -207,6 +407,26 @@ def add_RuntimeServiceServicer_to_server(servicer, server):
                     request_deserializer=cri__shim_dot_api_dot_api__pb2.ListPodSandboxRequest.FromString,
                     response_serializer=cri__shim_dot_api_dot_api__pb2.ListPodSandboxResponse.SerializeToString,
             ),
+            'CreateContainer': grpc.unary_unary_rpc_method_handler(
+                    servicer.CreateContainer,
+                    request_deserializer=cri__shim_dot_api_dot_api__pb2.CreateContainerRequest.FromString,
+                    response_serializer=cri__shim_dot_api_dot_api__pb2.CreateContainerResponse.SerializeToString,
+            ),
+            'StartContainer': grpc.unary_unary_rpc_method_handler(
+                    servicer.StartContainer,
+                    request_deserializer=cri__shim_dot_api_dot_api__pb2.StartContainerRequest.FromString,
+                    response_serializer=cri__shim_dot_api_dot_api__pb2.StartContainerResponse.SerializeToString,
+            ),
+            'StopContainer': grpc.unary_unary_rpc_method_handler(
+                    servicer.StopContainer,
+                    request_deserializer=cri__shim_dot_api_dot_api__pb2.StopContainerRequest.FromString,
+                    response_serializer=cri__shim_dot_api_dot_api__pb2.StopContainerResponse.SerializeToString,
+            ),
+            'RemoveContainer': grpc.unary_unary_rpc_method_handler(
+                    servicer.RemoveContainer,
+                    request_deserializer=cri__shim_dot_api_dot_api__pb2.RemoveContainerRequest.FromString,
+                    response_serializer=cri__shim_dot_api_dot_api__pb2.RemoveContainerResponse.SerializeToString,
+            ),
             'ListContainers': grpc.unary_unary_rpc_method_handler(
                     servicer.ListContainers,
                     request_deserializer=cri__shim_dot_api_dot_api__pb2.ListContainersRequest.FromString,
@@ -217,10 +437,70 @@ def add_RuntimeServiceServicer_to_server(servicer, server):
                     request_deserializer=cri__shim_dot_api_dot_api__pb2.ContainerStatusRequest.FromString,
                     response_serializer=cri__shim_dot_api_dot_api__pb2.ContainerStatusResponse.SerializeToString,
             ),
+            'UpdateContainerResources': grpc.unary_unary_rpc_method_handler(
+                    servicer.UpdateContainerResources,
+                    request_deserializer=cri__shim_dot_api_dot_api__pb2.UpdateContainerResourcesRequest.FromString,
+                    response_serializer=cri__shim_dot_api_dot_api__pb2.UpdateContainerResourcesResponse.SerializeToString,
+            ),
+            'ReopenContainerLog': grpc.unary_unary_rpc_method_handler(
+                    servicer.ReopenContainerLog,
+                    request_deserializer=cri__shim_dot_api_dot_api__pb2.ReopenContainerLogRequest.FromString,
+                    response_serializer=cri__shim_dot_api_dot_api__pb2.ReopenContainerLogResponse.SerializeToString,
+            ),
+            'ExecSync': grpc.unary_unary_rpc_method_handler(
+                    servicer.ExecSync,
+                    request_deserializer=cri__shim_dot_api_dot_api__pb2.ExecSyncRequest.FromString,
+                    response_serializer=cri__shim_dot_api_dot_api__pb2.ExecSyncResponse.SerializeToString,
+            ),
+            'Exec': grpc.unary_unary_rpc_method_handler(
+                    servicer.Exec,
+                    request_deserializer=cri__shim_dot_api_dot_api__pb2.ExecRequest.FromString,
+                    response_serializer=cri__shim_dot_api_dot_api__pb2.ExecResponse.SerializeToString,
+            ),
+            'Attach': grpc.unary_unary_rpc_method_handler(
+                    servicer.Attach,
+                    request_deserializer=cri__shim_dot_api_dot_api__pb2.AttachRequest.FromString,
+                    response_serializer=cri__shim_dot_api_dot_api__pb2.AttachResponse.SerializeToString,
+            ),
+            'PortForward': grpc.unary_unary_rpc_method_handler(
+                    servicer.PortForward,
+                    request_deserializer=cri__shim_dot_api_dot_api__pb2.PortForwardRequest.FromString,
+                    response_serializer=cri__shim_dot_api_dot_api__pb2.PortForwardResponse.SerializeToString,
+            ),
+            'ContainerStats': grpc.unary_unary_rpc_method_handler(
+                    servicer.ContainerStats,
+                    request_deserializer=cri__shim_dot_api_dot_api__pb2.ContainerStatsRequest.FromString,
+                    response_serializer=cri__shim_dot_api_dot_api__pb2.ContainerStatsResponse.SerializeToString,
+            ),
             'ListContainerStats': grpc.unary_unary_rpc_method_handler(
                     servicer.ListContainerStats,
                     request_deserializer=cri__shim_dot_api_dot_api__pb2.ListContainerStatsRequest.FromString,
                     response_serializer=cri__shim_dot_api_dot_api__pb2.ListContainerStatsResponse.SerializeToString,
+            ),
+            'PodSandboxStats': grpc.unary_unary_rpc_method_handler(
+                    servicer.PodSandboxStats,
+                    request_deserializer=cri__shim_dot_api_dot_api__pb2.PodSandboxStatsRequest.FromString,
+                    response_serializer=cri__shim_dot_api_dot_api__pb2.PodSandboxStatsResponse.SerializeToString,
+            ),
+            'ListPodSandboxStats': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListPodSandboxStats,
+                    request_deserializer=cri__shim_dot_api_dot_api__pb2.ListPodSandboxStatsRequest.FromString,
+                    response_serializer=cri__shim_dot_api_dot_api__pb2.ListPodSandboxStatsResponse.SerializeToString,
+            ),
+            'GetContainerEvents': grpc.unary_stream_rpc_method_handler(
+                    servicer.GetContainerEvents,
+                    request_deserializer=cri__shim_dot_api_dot_api__pb2.GetEventsRequest.FromString,
+                    response_serializer=cri__shim_dot_api_dot_api__pb2.ContainerEventResponse.SerializeToString,
+            ),
+            'ListMetricDescriptors': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListMetricDescriptors,
+                    request_deserializer=cri__shim_dot_api_dot_api__pb2.ListMetricDescriptorsRequest.FromString,
+                    response_serializer=cri__shim_dot_api_dot_api__pb2.ListMetricDescriptorsResponse.SerializeToString,
+            ),
+            'ListPodSandboxMetrics': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListPodSandboxMetrics,
+                    request_deserializer=cri__shim_dot_api_dot_api__pb2.ListPodSandboxMetricsRequest.FromString,
+                    response_serializer=cri__shim_dot_api_dot_api__pb2.ListPodSandboxMetricsResponse.SerializeToString,
             ),
             'UpdateRuntimeConfig': grpc.unary_unary_rpc_method_handler(
                     servicer.UpdateRuntimeConfig,
@@ -236,6 +516,16 @@ def add_RuntimeServiceServicer_to_server(servicer, server):
                     servicer.RuntimeConfig,
                     request_deserializer=cri__shim_dot_api_dot_api__pb2.RuntimeConfigRequest.FromString,
                     response_serializer=cri__shim_dot_api_dot_api__pb2.RuntimeConfigResponse.SerializeToString,
+            ),
+            'CheckpointContainer': grpc.unary_unary_rpc_method_handler(
+                    servicer.CheckpointContainer,
+                    request_deserializer=cri__shim_dot_api_dot_api__pb2.CheckpointContainerRequest.FromString,
+                    response_serializer=cri__shim_dot_api_dot_api__pb2.CheckpointContainerResponse.SerializeToString,
+            ),
+            'UpdatePodSandboxResources': grpc.unary_unary_rpc_method_handler(
+                    servicer.UpdatePodSandboxResources,
+                    request_deserializer=cri__shim_dot_api_dot_api__pb2.UpdatePodSandboxResourcesRequest.FromString,
+                    response_serializer=cri__shim_dot_api_dot_api__pb2.UpdatePodSandboxResourcesResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -411,6 +701,114 @@ class RuntimeService:
             _registered_method=True)
 
     @staticmethod
+    def CreateContainer(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/runtime.v1.RuntimeService/CreateContainer',
+            cri__shim_dot_api_dot_api__pb2.CreateContainerRequest.SerializeToString,
+            cri__shim_dot_api_dot_api__pb2.CreateContainerResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def StartContainer(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/runtime.v1.RuntimeService/StartContainer',
+            cri__shim_dot_api_dot_api__pb2.StartContainerRequest.SerializeToString,
+            cri__shim_dot_api_dot_api__pb2.StartContainerResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def StopContainer(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/runtime.v1.RuntimeService/StopContainer',
+            cri__shim_dot_api_dot_api__pb2.StopContainerRequest.SerializeToString,
+            cri__shim_dot_api_dot_api__pb2.StopContainerResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RemoveContainer(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/runtime.v1.RuntimeService/RemoveContainer',
+            cri__shim_dot_api_dot_api__pb2.RemoveContainerRequest.SerializeToString,
+            cri__shim_dot_api_dot_api__pb2.RemoveContainerResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
     def ListContainers(request,
             target,
             options=(),
@@ -465,6 +863,195 @@ class RuntimeService:
             _registered_method=True)
 
     @staticmethod
+    def UpdateContainerResources(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/runtime.v1.RuntimeService/UpdateContainerResources',
+            cri__shim_dot_api_dot_api__pb2.UpdateContainerResourcesRequest.SerializeToString,
+            cri__shim_dot_api_dot_api__pb2.UpdateContainerResourcesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ReopenContainerLog(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/runtime.v1.RuntimeService/ReopenContainerLog',
+            cri__shim_dot_api_dot_api__pb2.ReopenContainerLogRequest.SerializeToString,
+            cri__shim_dot_api_dot_api__pb2.ReopenContainerLogResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ExecSync(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/runtime.v1.RuntimeService/ExecSync',
+            cri__shim_dot_api_dot_api__pb2.ExecSyncRequest.SerializeToString,
+            cri__shim_dot_api_dot_api__pb2.ExecSyncResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Exec(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/runtime.v1.RuntimeService/Exec',
+            cri__shim_dot_api_dot_api__pb2.ExecRequest.SerializeToString,
+            cri__shim_dot_api_dot_api__pb2.ExecResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Attach(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/runtime.v1.RuntimeService/Attach',
+            cri__shim_dot_api_dot_api__pb2.AttachRequest.SerializeToString,
+            cri__shim_dot_api_dot_api__pb2.AttachResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def PortForward(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/runtime.v1.RuntimeService/PortForward',
+            cri__shim_dot_api_dot_api__pb2.PortForwardRequest.SerializeToString,
+            cri__shim_dot_api_dot_api__pb2.PortForwardResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ContainerStats(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/runtime.v1.RuntimeService/ContainerStats',
+            cri__shim_dot_api_dot_api__pb2.ContainerStatsRequest.SerializeToString,
+            cri__shim_dot_api_dot_api__pb2.ContainerStatsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
     def ListContainerStats(request,
             target,
             options=(),
@@ -481,6 +1068,141 @@ class RuntimeService:
             '/runtime.v1.RuntimeService/ListContainerStats',
             cri__shim_dot_api_dot_api__pb2.ListContainerStatsRequest.SerializeToString,
             cri__shim_dot_api_dot_api__pb2.ListContainerStatsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def PodSandboxStats(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/runtime.v1.RuntimeService/PodSandboxStats',
+            cri__shim_dot_api_dot_api__pb2.PodSandboxStatsRequest.SerializeToString,
+            cri__shim_dot_api_dot_api__pb2.PodSandboxStatsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListPodSandboxStats(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/runtime.v1.RuntimeService/ListPodSandboxStats',
+            cri__shim_dot_api_dot_api__pb2.ListPodSandboxStatsRequest.SerializeToString,
+            cri__shim_dot_api_dot_api__pb2.ListPodSandboxStatsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetContainerEvents(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/runtime.v1.RuntimeService/GetContainerEvents',
+            cri__shim_dot_api_dot_api__pb2.GetEventsRequest.SerializeToString,
+            cri__shim_dot_api_dot_api__pb2.ContainerEventResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListMetricDescriptors(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/runtime.v1.RuntimeService/ListMetricDescriptors',
+            cri__shim_dot_api_dot_api__pb2.ListMetricDescriptorsRequest.SerializeToString,
+            cri__shim_dot_api_dot_api__pb2.ListMetricDescriptorsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListPodSandboxMetrics(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/runtime.v1.RuntimeService/ListPodSandboxMetrics',
+            cri__shim_dot_api_dot_api__pb2.ListPodSandboxMetricsRequest.SerializeToString,
+            cri__shim_dot_api_dot_api__pb2.ListPodSandboxMetricsResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -572,6 +1294,60 @@ class RuntimeService:
             metadata,
             _registered_method=True)
 
+    @staticmethod
+    def CheckpointContainer(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/runtime.v1.RuntimeService/CheckpointContainer',
+            cri__shim_dot_api_dot_api__pb2.CheckpointContainerRequest.SerializeToString,
+            cri__shim_dot_api_dot_api__pb2.CheckpointContainerResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def UpdatePodSandboxResources(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/runtime.v1.RuntimeService/UpdatePodSandboxResources',
+            cri__shim_dot_api_dot_api__pb2.UpdatePodSandboxResourcesRequest.SerializeToString,
+            cri__shim_dot_api_dot_api__pb2.UpdatePodSandboxResourcesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
 
 class ImageServiceStub:
     """Missing associated documentation comment in .proto file."""
@@ -582,6 +1358,26 @@ class ImageServiceStub:
         Args:
             channel: A grpc.Channel.
         """
+        self.ListImages = channel.unary_unary(
+                '/runtime.v1.ImageService/ListImages',
+                request_serializer=cri__shim_dot_api_dot_api__pb2.ListImagesRequest.SerializeToString,
+                response_deserializer=cri__shim_dot_api_dot_api__pb2.ListImagesResponse.FromString,
+                _registered_method=True)
+        self.ImageStatus = channel.unary_unary(
+                '/runtime.v1.ImageService/ImageStatus',
+                request_serializer=cri__shim_dot_api_dot_api__pb2.ImageStatusRequest.SerializeToString,
+                response_deserializer=cri__shim_dot_api_dot_api__pb2.ImageStatusResponse.FromString,
+                _registered_method=True)
+        self.PullImage = channel.unary_unary(
+                '/runtime.v1.ImageService/PullImage',
+                request_serializer=cri__shim_dot_api_dot_api__pb2.PullImageRequest.SerializeToString,
+                response_deserializer=cri__shim_dot_api_dot_api__pb2.PullImageResponse.FromString,
+                _registered_method=True)
+        self.RemoveImage = channel.unary_unary(
+                '/runtime.v1.ImageService/RemoveImage',
+                request_serializer=cri__shim_dot_api_dot_api__pb2.RemoveImageRequest.SerializeToString,
+                response_deserializer=cri__shim_dot_api_dot_api__pb2.RemoveImageResponse.FromString,
+                _registered_method=True)
         self.ImageFsInfo = channel.unary_unary(
                 '/runtime.v1.ImageService/ImageFsInfo',
                 request_serializer=cri__shim_dot_api_dot_api__pb2.ImageFsInfoRequest.SerializeToString,
@@ -591,6 +1387,30 @@ class ImageServiceStub:
 
 class ImageServiceServicer:
     """Missing associated documentation comment in .proto file."""
+
+    def ListImages(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ImageStatus(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def PullImage(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RemoveImage(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
 
     def ImageFsInfo(self, request, context):
         """kubelet and critest call this right after Version and give up if it fails.
@@ -602,6 +1422,26 @@ class ImageServiceServicer:
 
 def add_ImageServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
+            'ListImages': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListImages,
+                    request_deserializer=cri__shim_dot_api_dot_api__pb2.ListImagesRequest.FromString,
+                    response_serializer=cri__shim_dot_api_dot_api__pb2.ListImagesResponse.SerializeToString,
+            ),
+            'ImageStatus': grpc.unary_unary_rpc_method_handler(
+                    servicer.ImageStatus,
+                    request_deserializer=cri__shim_dot_api_dot_api__pb2.ImageStatusRequest.FromString,
+                    response_serializer=cri__shim_dot_api_dot_api__pb2.ImageStatusResponse.SerializeToString,
+            ),
+            'PullImage': grpc.unary_unary_rpc_method_handler(
+                    servicer.PullImage,
+                    request_deserializer=cri__shim_dot_api_dot_api__pb2.PullImageRequest.FromString,
+                    response_serializer=cri__shim_dot_api_dot_api__pb2.PullImageResponse.SerializeToString,
+            ),
+            'RemoveImage': grpc.unary_unary_rpc_method_handler(
+                    servicer.RemoveImage,
+                    request_deserializer=cri__shim_dot_api_dot_api__pb2.RemoveImageRequest.FromString,
+                    response_serializer=cri__shim_dot_api_dot_api__pb2.RemoveImageResponse.SerializeToString,
+            ),
             'ImageFsInfo': grpc.unary_unary_rpc_method_handler(
                     servicer.ImageFsInfo,
                     request_deserializer=cri__shim_dot_api_dot_api__pb2.ImageFsInfoRequest.FromString,
@@ -617,6 +1457,114 @@ def add_ImageServiceServicer_to_server(servicer, server):
  # This class is part of an EXPERIMENTAL API.
 class ImageService:
     """Missing associated documentation comment in .proto file."""
+
+    @staticmethod
+    def ListImages(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/runtime.v1.ImageService/ListImages',
+            cri__shim_dot_api_dot_api__pb2.ListImagesRequest.SerializeToString,
+            cri__shim_dot_api_dot_api__pb2.ListImagesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ImageStatus(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/runtime.v1.ImageService/ImageStatus',
+            cri__shim_dot_api_dot_api__pb2.ImageStatusRequest.SerializeToString,
+            cri__shim_dot_api_dot_api__pb2.ImageStatusResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def PullImage(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/runtime.v1.ImageService/PullImage',
+            cri__shim_dot_api_dot_api__pb2.PullImageRequest.SerializeToString,
+            cri__shim_dot_api_dot_api__pb2.PullImageResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RemoveImage(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/runtime.v1.ImageService/RemoveImage',
+            cri__shim_dot_api_dot_api__pb2.RemoveImageRequest.SerializeToString,
+            cri__shim_dot_api_dot_api__pb2.RemoveImageResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
 
     @staticmethod
     def ImageFsInfo(request,
