@@ -135,7 +135,7 @@ class Agent:
         self.wait = wait or self.stop.wait     # tests inject a recorder
         self.lease: Lease | None = None
         self.network: NetworkConfig | None = None
-        self.peers: dict[str, Peer] = {}
+        self.peers: dict[str, Peer] = {}        # by PublicIP, the lease identity
         self._stale = False
         self._last_sync = 0.0
 
@@ -151,7 +151,7 @@ class Agent:
             vtep = self.datapath.ensure(vni=vni, port=port)
         except (DataPathError, ValueError) as exc:
             raise AgentError(f"cannot set up flannel.{vni}: {exc}") from exc
-        lease = self.store.acquire(self.config.node_name, public_ip=str(vtep.public_ip),
+        lease = self.store.acquire(str(vtep.public_ip), node=self.config.node_name,
                                    backend_data={"VNI": vni, "VtepMAC": vtep.mac},
                                    ttl=self.config.lease_ttl)
         if lease.subnet is None:
@@ -186,10 +186,8 @@ class Agent:
     # -- peers -------------------------------------------------------------------------
 
     def _is_own(self, lease: Lease) -> bool:
-        # The etcd store (like flannel's) records no node name: a lease read back from
-        # it is named by its PublicIP, so our own is also recognised by its subnet.
-        return lease.node == self.config.node_name or (
-            self.lease is not None and lease.subnet == self.lease.subnet)
+        # A lease is identified by its PublicIP (nodeipam.lease), as flannel's are.
+        return self.lease is not None and lease.public_ip == self.lease.public_ip
 
     def _peer(self, lease: Lease) -> Peer | None:
         if self._is_own(lease):
@@ -212,13 +210,14 @@ class Agent:
         for lease in self.store.leases():
             peer = self._peer(lease)
             if peer is not None:
-                peers[peer.node] = peer
+                peers[lease.public_ip] = peer
         self._stale = True
         self.datapath.sync_peers(peers.values())
         self.peers = peers
         self._stale = False
         self._last_sync = self.clock()
-        log.info("in sync with %d peer(s): %s", len(peers), ", ".join(sorted(peers)) or "-")
+        log.info("in sync with %d peer(s): %s", len(peers),
+                 ", ".join(sorted(p.node for p in peers.values())) or "-")
 
     def handle(self, event: LeaseEvent) -> None:
         """Apply one watch event; a bad lease or a netlink error affects that peer only."""
@@ -230,18 +229,18 @@ class Agent:
             return
         try:
             if event.kind == "removed":
-                peer = self.peers.pop(lease.node, None) or self._peer(lease)
+                peer = self.peers.pop(lease.public_ip, None) or self._peer(lease)
                 if peer is not None:
                     self.datapath.remove_peer(peer)
                 return
             peer = self._peer(lease)
-            if peer is None or self.peers.get(peer.node) == peer:
+            if peer is None or self.peers.get(lease.public_ip) == peer:
                 return
-            old = self.peers.pop(peer.node, None)
+            old = self.peers.pop(lease.public_ip, None)
             if old is not None:
                 self.datapath.remove_peer(old)
             self.datapath.add_peer(peer)
-            self.peers[peer.node] = peer
+            self.peers[lease.public_ip] = peer
         except DataPathError as exc:
             log.error("node %s (%s): %s", lease.node, event.kind, exc)
             self._stale = True   # the next resync reprograms this peer
@@ -305,7 +304,8 @@ class Agent:
 
 
 def open_store(spec: str) -> LeaseStore:
-    """``file:/path`` -> ``FileLeaseStore``; ``etcd:http://h:2379[,...]`` -> ``EtcdLeaseStore``."""
+    """``file:/path`` -> ``FileLeaseStore``; ``etcd:http://h:2379[,...]`` -> ``EtcdLeaseStore``
+    (both the one lease policy, ``nodeipam.manager.LeaseManager``, over their registry)."""
     kind, _, rest = spec.partition(":")
     if kind == "file" and rest:
         from nodeipam.filestore import FileLeaseStore
@@ -326,7 +326,8 @@ def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="cri-shim agent", description=(
         "flannel's node agent: lease a podCIDR, write subnet.env and the flannel conflist, "
         "and keep a VXLAN overlay to every peer. Run it inside the node's network namespace."))
-    p.add_argument("--node-name", required=True, help="this node's name (the lease owner)")
+    p.add_argument("--node-name", required=True, help="this node's name (its lease's label; "
+                   "the lease itself is identified by --public-ip, as flannel's are)")
     p.add_argument("--public-ip", help="underlay address peers reach us on "
                    "(default: the first IPv4 address of --iface or of the default route's interface)")
     p.add_argument("--iface", help="underlay interface (default: the one holding --public-ip)")

@@ -17,7 +17,8 @@
                                   too many times
 
 Lower-layer errors (``OSError``, etcd3gw's and requests' exceptions) are mapped to this
-tree in one place per store, always with ``raise ... from exc``.
+tree in one place per backend (``FileRegistry._read``/``_locked``, ``EtcdRegistry._etcd``),
+always with ``raise ... from exc``.
 """
 
 from __future__ import annotations

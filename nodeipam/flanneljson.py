@@ -21,11 +21,10 @@ import json
 import math
 import re
 from collections.abc import Mapping
-from dataclasses import replace
 from typing import Any
 
 from .errors import InvalidCIDR, StoreCorrupt
-from .lease import Lease, LeaseEvent, NetworkConfig
+from .lease import Lease, NetworkConfig
 
 __all__ = [
     "config_from_dict",
@@ -39,7 +38,6 @@ __all__ = [
     "attrs_from_dict",
     "format_attrs",
     "parse_attrs",
-    "diff_leases",
 ]
 
 # flannel's subnetRegex, anchored at the end like FindStringSubmatch on the key.
@@ -214,16 +212,3 @@ def parse_attrs(data: bytes | str, where: str) -> dict[str, Any]:
     except ValueError as exc:
         raise StoreCorrupt(where, f"lease value is not JSON: {exc}") from exc
     return attrs_from_dict(doc, where)
-
-
-def diff_leases(old: Mapping[str, Lease], new: Mapping[str, Lease]) -> list[LeaseEvent]:
-    """Events turning *old* into *new* (both keyed by lease identity): "removed" for
-    leases gone, then "added" for new or changed ones. A renewal alone (only
-    ``expires_at`` moved) is no event: peers need nothing new."""
-    events = [LeaseEvent(kind="removed", lease=lease)
-              for key, lease in old.items() if key not in new]
-    for key, lease in new.items():
-        before = old.get(key)
-        if before is None or replace(before, expires_at=None) != replace(lease, expires_at=None):
-            events.append(LeaseEvent(kind="added", lease=lease))
-    return events

@@ -2,9 +2,16 @@
 
 A *lease* is one node's podCIDR (per family), held by that node, carrying what its
 peers need to reach it (flannel's subnet lease: PublicIP, BackendType, BackendData).
-Stores persist leases; the allocator (``nodeipam.allocator``) decides which subnet
-a new lease gets. Two stores implement ``LeaseStore``: a file store for one machine and
-an etcd store using flannel's own key layout.
+
+A lease is identified by its **PublicIP**, as flannel identifies it in etcd
+(``findLeaseByIP``; flannel's ``LeaseAttrs`` carry no node name): ``acquire`` finds the
+node's lease by the PublicIP it is given, ``release`` takes that PublicIP, and a node
+recognises its own lease by it. ``Lease.node`` is only a label for logs, kept where the
+backend can store one (the file, the memory registry) and equal to the PublicIP where it
+cannot (etcd).
+
+``nodeipam.manager.LeaseManager`` implements ``LeaseStore`` once, over a small
+``nodeipam.registry.Registry``; the file and etcd backends only store.
 """
 
 from __future__ import annotations
@@ -37,6 +44,7 @@ class NetworkConfig:
 class Lease:
     """One node's podCIDR(s) and how to reach it.
 
+    ``public_ip`` is the lease's identity; ``node`` a label (see the module docstring).
     ``backend_data`` for vxlan is ``{"VNI": 1, "VtepMAC": "aa:bb:..."}`` (flannel's
     ``vxlanLeaseAttrs``); ``backend_v6_data`` is the same for the IPv6 VTEP of a
     dual-stack node (flannel's ``BackendV6Data``, empty when there is none);
@@ -63,7 +71,7 @@ class LeaseEvent:
 
 
 class LeaseStore(Protocol):
-    """Persistence for the network config and the leases.
+    """The network config and the leases, as the node agent uses them.
 
     Every method may raise ``StoreUnavailable`` (etcd down): callers retry with
     backoff and keep the data path as it is.
@@ -73,18 +81,21 @@ class LeaseStore(Protocol):
 
     def set_network_config(self, config: NetworkConfig) -> None: ...
 
-    def acquire(self, node: str, *, public_ip: str, backend_data: Mapping[str, Any],
-                ttl: float | None = None) -> Lease:
-        """The node's lease: its existing one renewed (same subnet across restarts),
-        or a new subnet picked by the allocator. Atomic: two nodes racing for the same
-        subnet never both win. Raises ``CIDRExhausted`` with kube-controller-manager's
-        text when no subnet is left."""
+    def acquire(self, public_ip: str, *, backend_data: Mapping[str, Any], node: str = "",
+                ttl: float | None = None, backend_type: str = "vxlan",
+                public_ipv6: str = "",
+                backend_v6_data: Mapping[str, Any] | None = None) -> Lease:
+        """The lease of the node with *public_ip*: its existing one renewed (same
+        subnet across restarts), or a new subnet picked by the allocator. Two nodes
+        racing for the same subnet never both win. Raises ``CIDRExhausted`` with
+        kube-controller-manager's text when no subnet is left."""
         ...
 
     def renew(self, lease: Lease, ttl: float | None = None) -> Lease: ...
 
-    def release(self, node: str) -> None:
-        """Drop the node's lease (node removal); releasing a missing one is fine."""
+    def release(self, public_ip: str) -> None:
+        """Drop the lease of the node with *public_ip* (node removal); releasing a
+        missing one is fine."""
         ...
 
     def leases(self) -> list[Lease]:

@@ -1,17 +1,23 @@
-"""EtcdLeaseStore against a real etcd (Debian's etcd-server) on 127.0.0.1.
+"""The etcd backend against a real etcd (Debian's etcd-server): the registry contract,
+flannel's bytes, etcd's TTLs and transactions, and the lease policy over them.
 
-Each test starts its own etcd on random free ports with a throwaway data dir and always
-kills it and removes the dir. A missing etcd binary or etcd3gw skips, or fails under
+Each test makes a throwaway network namespace (``testbed.netns``), runs its own etcd there on 127.0.0.1
+with a throwaway data dir, and talks to it from the test's thread switched into that
+namespace (a thread's namespace is its own: etcd3gw opens its sockets in the calling
+thread, and threads a test starts inherit it). The thread is switched back, etcd killed,
+the namespace and the dir removed, even when the test fails: the host's network is
+never touched. A missing etcd binary or etcd3gw skips, or fails under
 CRI_SHIM_REQUIRE_ALL=1, like every other missing prerequisite (tests/conftest.py).
 """
 
 from __future__ import annotations
 
 import base64
+import contextlib
+import ctypes
 import json
 import os
 import shutil
-import socket
 import subprocess
 import tempfile
 import threading
@@ -23,8 +29,10 @@ from ipaddress import IPv4Network, IPv6Network
 
 import pytest
 
-from nodeipam import EXHAUSTED_MESSAGE, CIDRExhausted, LeaseConflict, NetworkConfig, \
-    NetworkConfigNotFound, StoreUnavailable
+from nodeipam import EXHAUSTED_MESSAGE, CIDRExhausted, InvalidCIDR, LeaseConflict, \
+    LeaseManager, NetworkConfig, NetworkConfigNotFound, StoreUnavailable
+from testbed.netns import Namespace
+from tests.unit.nodeipam.registry_contract import RegistryContract
 
 pytestmark = pytest.mark.privileged
 
@@ -32,6 +40,8 @@ ETCD = "/usr/bin/etcd"
 REQUIRE_ALL = os.environ.get("CRI_SHIM_REQUIRE_ALL") == "1"
 NETWORK = NetworkConfig(network=IPv4Network("10.244.0.0/16"), backend={"Type": "vxlan"})
 SUBNETS = "/coreos.com/network/subnets/"
+CLONE_NEWNET = 0x40000000
+_OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}))   # no proxies
 
 
 def _missing() -> str | None:
@@ -41,6 +51,8 @@ def _missing() -> str | None:
         import etcd3gw  # noqa: F401
     except ImportError:
         return "needs the etcd3gw package"
+    if os.geteuid() != 0:
+        return "needs root (network namespaces)"
     return None
 
 
@@ -53,30 +65,46 @@ def _etcd_prerequisites() -> None:
         pytest.skip(missing)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+def _setns(fd: int) -> None:
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.setns(fd, CLONE_NEWNET) != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, f"setns: {os.strerror(err)}")
+
+
+@contextlib.contextmanager
+def inside(ns: Namespace) -> Iterator[None]:
+    """The calling thread in *ns*'s network namespace for the block, and back after."""
+    home = os.open("/proc/thread-self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        target = os.open(ns.path, os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            _setns(target)
+        finally:
+            os.close(target)
+        try:
+            yield
+        finally:
+            _setns(home)
+    finally:
+        os.close(home)
 
 
 @dataclass
 class Etcd:
-    """One etcd member listening on 127.0.0.1 only."""
+    """One etcd member on 127.0.0.1 inside the namespace *ns*."""
 
+    ns: Namespace
     data_dir: str = field(default_factory=lambda: tempfile.mkdtemp(prefix="nodeipam-etcd-"))
-    client_port: int = field(default_factory=_free_port)
-    peer_port: int = field(default_factory=_free_port)
     proc: subprocess.Popen | None = None
-
-    @property
-    def endpoint(self) -> str:
-        return f"http://127.0.0.1:{self.client_port}"
+    endpoint: str = "http://127.0.0.1:2379"
 
     def start(self) -> None:
-        peer = f"http://127.0.0.1:{self.peer_port}"
+        peer = "http://127.0.0.1:2380"
         log = open(os.path.join(self.data_dir, "etcd.log"), "ab")
         self.proc = subprocess.Popen(
-            [ETCD, "--name", "test", "--data-dir", os.path.join(self.data_dir, "data"),
+            ["nsenter", f"--net={self.ns.path}", ETCD, "--name", "test",
+             "--data-dir", os.path.join(self.data_dir, "data"),
              "--listen-client-urls", self.endpoint, "--advertise-client-urls", self.endpoint,
              "--listen-peer-urls", peer, "--initial-advertise-peer-urls", peer,
              "--initial-cluster", f"test={peer}", "--log-level", "warn"],
@@ -85,7 +113,7 @@ class Etcd:
         deadline = time.monotonic() + 30
         while True:
             try:
-                with urllib.request.urlopen(self.endpoint + "/health", timeout=1) as resp:
+                with _OPENER.open(self.endpoint + "/health", timeout=1) as resp:
                     if b'"true"' in resp.read():
                         break
             except OSError:
@@ -93,12 +121,8 @@ class Etcd:
             if self.proc.poll() is not None or time.monotonic() > deadline:
                 raise RuntimeError(f"etcd did not come up: {self.log()}")
             time.sleep(0.1)
-        self._check_loopback_only()
-
-    def _check_loopback_only(self) -> None:
-        out = subprocess.run(["ss", "-Hltnp"], capture_output=True, text=True).stdout
-        mine = [line.split()[3] for line in out.splitlines() if f"pid={self.proc.pid}," in line]
-        assert mine and all(addr.startswith("127.0.0.1:") for addr in mine), mine
+        # etcd (nsenter exec'ed it) runs in the throwaway namespace, not the host's.
+        assert os.stat(f"/proc/{self.proc.pid}/ns/net").st_ino == os.stat(self.ns.path).st_ino
 
     def stop(self) -> None:
         if self.proc is not None and self.proc.poll() is None:
@@ -114,20 +138,31 @@ class Etcd:
         body = {"key": base64.b64encode(key.encode()).decode()}
         req = urllib.request.Request(self.endpoint + "/v3/kv/range", method="POST",
                                      data=json.dumps(body).encode())
-        with urllib.request.urlopen(req, timeout=5) as resp:
+        with _OPENER.open(req, timeout=5) as resp:
             kvs = json.load(resp).get("kvs")
         return (base64.b64decode(kvs[0].get("value", "")), kvs[0]) if kvs else None
+
+    def client(self):
+        import etcd3gw
+        client = etcd3gw.client(host="127.0.0.1", port=2379)
+        client.session.trust_env = False
+        return client
 
 
 @pytest.fixture
 def etcd() -> Iterator[Etcd]:
-    server = Etcd()
+    ns = Namespace("crishim-etcd")
     try:
-        server.start()
-        yield server
+        server = Etcd(ns)
+        try:
+            with inside(ns):
+                server.start()
+                yield server
+        finally:
+            server.stop()
+            shutil.rmtree(server.data_dir, ignore_errors=True)
     finally:
-        server.stop()
-        shutil.rmtree(server.data_dir, ignore_errors=True)
+        ns.delete()
 
 
 def make_store(etcd: Etcd, **kw):
@@ -148,13 +183,30 @@ def vxlan(n: int) -> dict:
 
 def lease_ttl(etcd: Etcd, key: str) -> tuple[int, int]:
     import etcd3gw
-    client = etcd3gw.client(host="127.0.0.1", port=etcd.client_port)
     lease_id = int(etcd.raw(key)[1]["lease"])
-    return lease_id, etcd3gw.Lease(lease_id, client).ttl()
+    return lease_id, etcd3gw.Lease(lease_id, etcd.client()).ttl()
 
+
+# -- the registry contract -------------------------------------------------------------
+
+class TestEtcdRegistry(RegistryContract):
+    keeps_labels = False        # flannel's LeaseAttrs have no field for a node name
+
+    @pytest.fixture
+    def registry(self, etcd: Etcd):
+        from nodeipam.etcdstore import EtcdRegistry
+        return EtcdRegistry(etcd.endpoint, poll_interval=0.05)
+
+    @pytest.fixture
+    def other(self, etcd: Etcd):
+        from nodeipam.etcdstore import EtcdRegistry
+        return EtcdRegistry(etcd.endpoint, poll_interval=0.05)
+
+
+# -- flannel's layout, etcd's TTLs and transactions --------------------------------------
 
 def test_acquire_renew_release(etcd: Etcd, store) -> None:
-    a = store.acquire("node-a", public_ip="198.18.0.2", backend_data=vxlan(1))
+    a = store.acquire("198.18.0.2", node="node-a", backend_data=vxlan(1))
     assert (a.node, str(a.subnet)) == ("node-a", "10.244.0.0/24")
     key = SUBNETS + "10.244.0.0-24"
     first_id, ttl = lease_ttl(etcd, key)
@@ -163,15 +215,17 @@ def test_acquire_renew_release(etcd: Etcd, store) -> None:
     renewed = store.renew(a, ttl=600)
     second_id, ttl = lease_ttl(etcd, key)
     assert second_id != first_id and 500 < ttl <= 600
+    import etcd3gw
+    assert etcd3gw.Lease(first_id, etcd.client()).ttl() < 0      # the old one was revoked
     assert renewed.subnet == a.subnet and abs(renewed.expires_at - time.time() - 600) < 60
     # the agent restarts: same PublicIP, same subnet
-    again = make_store(etcd).acquire("node-a", public_ip="198.18.0.2", backend_data=vxlan(1))
+    again = make_store(etcd).acquire("198.18.0.2", node="node-a", backend_data=vxlan(1))
     assert again.subnet == a.subnet
-    b = store.acquire("node-b", public_ip="198.18.0.3", backend_data=vxlan(2))
+    b = store.acquire("198.18.0.3", node="node-b", backend_data=vxlan(2))
     assert str(b.subnet) == "10.244.1.0/24"
-    store.release("node-a")
+    store.release("198.18.0.2")
     assert etcd.raw(key) is None
-    make_store(etcd).release("198.18.0.3")                      # by PublicIP, as flannel
+    make_store(etcd).release("198.18.0.3")                      # any store, by PublicIP
     assert store.leases() == []
 
 
@@ -182,50 +236,51 @@ def test_flannel_format_byte_for_byte(etcd: Etcd) -> None:
     assert etcd.raw("/coreos.com/network/config")[0] == (
         b'{"Network": "10.244.0.0/16", "SubnetLen": 24, "EnableIPv6": true, '
         b'"IPv6Network": "fd00:10:244::/56", "IPv6SubnetLen": 64, "Backend": {"Type": "vxlan"}}')
-    s.acquire("n1", public_ip="198.18.0.2", public_ipv6="fd00::2",
+    s.acquire("198.18.0.2", node="n1", public_ipv6="fd00::2",
               backend_data={"VNI": 1, "VtepMAC": "aa:bb:cc:dd:ee:01"},
               backend_v6_data={"VNI": 1, "VtepMAC": "aa:bb:cc:dd:ee:02"})
     assert etcd.raw(SUBNETS + "10.244.0.0-24&fd00:10:244::-64")[0] == (
         b'{"PublicIP":"198.18.0.2","PublicIPv6":"fd00::2","BackendType":"vxlan",'
         b'"BackendData":{"VNI":1,"VtepMAC":"aa:bb:cc:dd:ee:01"},'
         b'"BackendV6Data":{"VNI":1,"VtepMAC":"aa:bb:cc:dd:ee:02"}}')
+    with pytest.raises(InvalidCIDR, match="needs an IPv4 Network"):
+        s.set_network_config(NetworkConfig(network=None, ipv6_network=IPv6Network("fd00::/48")))
 
 
 def test_ipv4_value_and_a_lease_written_by_flannel(etcd: Etcd, store) -> None:
-    import etcd3gw
-    client = etcd3gw.client(host="127.0.0.1", port=etcd.client_port)
+    client = etcd.client()
     flannel_value = (b'{"PublicIP":"198.18.0.9","PublicIPv6":null,"BackendType":"vxlan",'
                      b'"BackendData":{"VNI":1,"VtepMAC":"aa:bb:cc:dd:ee:09"}}')
     client.put(SUBNETS + "10.244.0.0-24", flannel_value, lease=client.lease(3600))
     client.put(SUBNETS + "junk", b"not a lease")                 # ignored, as flannel does
-    a = store.acquire("n1", public_ip="198.18.0.2",
+    a = store.acquire("198.18.0.2", node="n1",
                       backend_data={"VNI": 1, "VtepMAC": "aa:bb:cc:dd:ee:01"})
     assert str(a.subnet) == "10.244.1.0/24"                      # flannel's is occupied
     assert etcd.raw(SUBNETS + "10.244.1.0-24")[0] == (
         b'{"PublicIP":"198.18.0.2","PublicIPv6":null,"BackendType":"vxlan",'
         b'"BackendData":{"VNI":1,"VtepMAC":"aa:bb:cc:dd:ee:01"}}')
-    theirs = store.acquire("flannel-node", public_ip="198.18.0.9",
+    theirs = store.acquire("198.18.0.9", node="flannel-node",
                            backend_data={"VNI": 1, "VtepMAC": "aa:bb:cc:dd:ee:09"})
     assert str(theirs.subnet) == "10.244.0.0/24"                 # found by PublicIP
     assert etcd.raw(SUBNETS + "10.244.0.0-24")[0] == flannel_value
 
 
 def test_lost_race_takes_the_next_subnet(etcd: Etcd, store) -> None:
-    from nodeipam.etcdstore import EtcdLeaseStore
+    from nodeipam.etcdstore import EtcdRegistry
     rival = make_store(etcd)
 
-    class Slow(EtcdLeaseStore):
+    class Slow(EtcdRegistry):
         raced = False
 
-        def _put(self, key, *args, **kw):
+        def create_subnet(self, lease):
             if not self.raced:          # the rival creates the same key first
                 self.raced = True
-                assert str(rival.acquire("rival", public_ip="198.18.0.3",
+                assert str(rival.acquire("198.18.0.3", node="rival",
                                          backend_data=vxlan(3)).subnet) == "10.244.0.0/24"
-            return super()._put(key, *args, **kw)
+            return super().create_subnet(lease)
 
-    slow = Slow(etcd.endpoint)
-    assert str(slow.acquire("n1", public_ip="198.18.0.2",
+    slow = LeaseManager(Slow(etcd.endpoint), default_ttl=3600)
+    assert str(slow.acquire("198.18.0.2", node="n1",
                             backend_data=vxlan(2)).subnet) == "10.244.1.0/24"
     assert sorted(str(lease.subnet) for lease in store.leases()) == \
         ["10.244.0.0/24", "10.244.1.0/24"]
@@ -240,8 +295,7 @@ def test_stores_racing_never_collide(etcd: Etcd, store) -> None:
             barrier.wait()
             for j in range(per_store):
                 n = i * per_store + j
-                lease = stores[i].acquire(f"n{n}", public_ip=f"198.18.1.{n}",
-                                          backend_data=vxlan(n))
+                lease = stores[i].acquire(f"198.18.1.{n}", node=f"n{n}", backend_data=vxlan(n))
                 got[lease.node] = str(lease.subnet)
         except Exception as exc:        # surfaced below
             errors.append(exc)
@@ -260,58 +314,58 @@ def test_stores_racing_never_collide(etcd: Etcd, store) -> None:
 def test_watch(etcd: Etcd, store) -> None:
     watcher = make_store(etcd)
     assert list(watcher.watch(0.2)) == []
-    store.acquire("n1", public_ip="198.18.0.2", backend_data=vxlan(1))
+    store.acquire("198.18.0.2", node="n1", backend_data=vxlan(1))
     events = list(watcher.watch(5))
     assert [(e.kind, e.lease.node, str(e.lease.subnet)) for e in events] == \
         [("added", "198.18.0.2", "10.244.0.0/24")]
     assert events[0].lease.backend_data == vxlan(1)
-    b = store.acquire("n2", public_ip="198.18.0.3", backend_data=vxlan(2), ttl=2)
+    b = store.acquire("198.18.0.3", node="n2", backend_data=vxlan(2), ttl=2)
     assert [(e.kind, e.lease.node) for e in watcher.watch(5)] == [("added", "198.18.0.3")]
     store.renew(events[0].lease)                                 # renewal alone: no event
     assert list(watcher.watch(0.3)) == []
-    store.acquire("n1", public_ip="198.18.0.2", backend_data=vxlan(7))
+    store.acquire("198.18.0.2", node="n1", backend_data=vxlan(7))
     assert [(e.kind, e.lease.backend_data) for e in watcher.watch(5)] == [("added", vxlan(7))]
     # n2's etcd lease runs out: etcd deletes the key
     assert [(e.kind, str(e.lease.subnet)) for e in watcher.watch(15)] == \
         [("removed", str(b.subnet))]
-    store.release("n1")
+    store.release("198.18.0.2")
     assert [(e.kind, e.lease.node) for e in watcher.watch(5)] == [("removed", "198.18.0.2")]
 
 
 def test_no_config_and_exhausted(etcd: Etcd) -> None:
     s = make_store(etcd)
     with pytest.raises(NetworkConfigNotFound, match="/coreos.com/network/config"):
-        s.acquire("n1", public_ip="198.18.0.2", backend_data=vxlan(1))
+        s.acquire("198.18.0.2", node="n1", backend_data=vxlan(1))
     s.set_network_config(NetworkConfig(network=IPv4Network("10.244.0.0/23")))
     for n in range(2):
-        s.acquire(f"n{n}", public_ip=f"198.18.0.{n + 2}", backend_data=vxlan(n))
+        s.acquire(f"198.18.0.{n + 2}", node=f"n{n}", backend_data=vxlan(n))
     with pytest.raises(CIDRExhausted) as exc:
-        s.acquire("n9", public_ip="198.18.0.9", backend_data=vxlan(9))
+        s.acquire("198.18.0.9", node="n9", backend_data=vxlan(9))
     assert str(exc.value) == EXHAUSTED_MESSAGE
 
 
 def test_renew_conflict(etcd: Etcd, store) -> None:
-    a = store.acquire("n1", public_ip="198.18.0.2", backend_data=vxlan(1))
-    store.release("n1")
-    store.acquire("n2", public_ip="198.18.0.3", backend_data=vxlan(2))   # next-fit: .1
-    b = store.acquire("n3", public_ip="198.18.0.4", backend_data=vxlan(3))
+    a = store.acquire("198.18.0.2", node="n1", backend_data=vxlan(1))
+    store.release("198.18.0.2")
+    store.acquire("198.18.0.3", node="n2", backend_data=vxlan(2))   # next-fit: .1
+    b = store.acquire("198.18.0.4", node="n3", backend_data=vxlan(3))
     assert str(b.subnet) == "10.244.2.0/24"
     assert store.renew(a).subnet == a.subnet       # free again: taken back
-    with pytest.raises(LeaseConflict, match="held by 198.18.0.4"):
+    with pytest.raises(LeaseConflict, match="198.18.0.4 holds it now"):
         store.renew(type(a)(node="x", subnet=b.subnet, public_ip="198.18.0.99"))
 
 
 def test_etcd_down_then_back(etcd: Etcd, store) -> None:
-    a = store.acquire("n1", public_ip="198.18.0.2", backend_data=vxlan(1))
+    a = store.acquire("198.18.0.2", node="n1", backend_data=vxlan(1))
     list(store.watch(0.1))
     etcd.stop()
-    for call in (lambda: store.acquire("n2", public_ip="198.18.0.3", backend_data=vxlan(2)),
+    for call in (lambda: store.acquire("198.18.0.3", node="n2", backend_data=vxlan(2)),
                  lambda: store.renew(a), store.leases, store.get_network_config,
-                 lambda: list(store.watch(0.2)), lambda: store.release("n1")):
+                 lambda: list(store.watch(0.2)), lambda: store.release("198.18.0.2")):
         with pytest.raises(StoreUnavailable, match=f"etcd at {etcd.endpoint}"):
             call()
     etcd.start()                                   # same data dir, same ports
     assert [str(lease.subnet) for lease in store.leases()] == ["10.244.0.0/24"]
-    b = store.acquire("n2", public_ip="198.18.0.3", backend_data=vxlan(2))
+    b = store.acquire("198.18.0.3", node="n2", backend_data=vxlan(2))
     assert str(b.subnet) == "10.244.1.0/24"
     assert [(e.kind, e.lease.node) for e in store.watch(5)] == [("added", "198.18.0.3")]

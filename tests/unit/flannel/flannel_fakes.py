@@ -1,15 +1,18 @@
-"""Fakes for the node agent's unit tests: an in-memory ``LeaseStore`` and a data path
-that records what it was asked to program."""
+"""Fakes for the node agent's unit tests: a recording ``LeaseStore`` (the real lease
+policy over ``nodeipam.registry.MemoryRegistry``) and a data path that records what it
+was asked to program."""
 
 from __future__ import annotations
 
 import ipaddress
 from dataclasses import replace
-from typing import Any, Iterable, Iterator, Mapping
+from typing import Any, Callable, Iterable, Iterator, Mapping
 
 from flannel.vxlan import VTEP, DataPathError, Peer
-from nodeipam.errors import CIDRExhausted, NetworkConfigNotFound, StoreUnavailable
+from nodeipam.errors import NetworkConfigNotFound, StoreUnavailable
 from nodeipam.lease import Lease, LeaseEvent, NetworkConfig
+from nodeipam.manager import LeaseManager
+from nodeipam.registry import MemoryRegistry, record_key
 
 NETWORK = ipaddress.IPv4Network("10.244.0.0/16")
 
@@ -23,23 +26,29 @@ def peer_lease(node: str, third: int, *, mac: str | None = None, ip: str | None 
 
 
 class FakeStore:
-    """LeaseStore in memory. ``fail`` = how many upcoming calls raise StoreUnavailable;
-    ``calls`` records method names; ``push`` queues watch events (as a real store would
-    report a change by another node)."""
+    """A ``LeaseStore`` for the agent: the real lease policy (``LeaseManager``) over a
+    ``MemoryRegistry``, with a spy in front. ``fail`` = how many upcoming calls raise
+    StoreUnavailable; ``calls`` records method names, ``acquired`` the arguments of
+    ``acquire`` and ``watch_timeouts`` how long the agent asked to wait (the watch
+    itself returns at once); ``put``/``remove`` change the registry as another node
+    would (a real store reports that as a watch event)."""
 
-    def __init__(self, config: NetworkConfig | None = None, *, next_subnet: int = 1,
-                 exhausted: bool = False) -> None:
-        self.config = config
-        self.by_node: dict[str, Lease] = {}
-        self.pending: list[LeaseEvent] = []
-        self.watched = False
+    def __init__(self, config: NetworkConfig | None = None, *,
+                 clock: Callable[[], float] = lambda: 1000.0) -> None:
+        self.registry = MemoryRegistry(config)
+        self.manager = LeaseManager(self.registry, clock=clock)
         self.fail = 0
         self.calls: list[str] = []
         self.acquired: list[dict[str, Any]] = []
         self.watch_timeouts: list[float] = []
-        self._next = next_subnet
-        self.exhausted = exhausted
-        self.ttl_clock = 1000.0
+
+    @property
+    def config(self) -> NetworkConfig | None:
+        """The stored network config (not a store call)."""
+        try:
+            return self.registry.read_config()
+        except NetworkConfigNotFound:
+            return None
 
     def _enter(self, name: str) -> None:
         self.calls.append(name)
@@ -49,63 +58,52 @@ class FakeStore:
 
     def get_network_config(self) -> NetworkConfig:
         self._enter("get_network_config")
-        if self.config is None:
-            raise NetworkConfigNotFound("no network config")
-        return self.config
+        return self.manager.get_network_config()
 
     def set_network_config(self, config: NetworkConfig) -> None:
         self._enter("set_network_config")
-        self.config = config
+        self.manager.set_network_config(config)
 
-    def acquire(self, node: str, *, public_ip: str, backend_data: Mapping[str, Any],
-                ttl: float | None = None) -> Lease:
+    def acquire(self, public_ip: str, *, backend_data: Mapping[str, Any], node: str = "",
+                ttl: float | None = None, **kw: Any) -> Lease:
         self._enter("acquire")
-        if self.exhausted:
-            raise CIDRExhausted()
         self.acquired.append({"node": node, "public_ip": public_ip,
                               "backend_data": dict(backend_data), "ttl": ttl})
-        old = self.by_node.get(node)
-        subnet = old.subnet if old else ipaddress.IPv4Network(f"10.244.{self._next}.0/24")
-        if old is None:
-            self._next += 1
-        lease = Lease(node=node, subnet=subnet, public_ip=public_ip, backend_data=dict(backend_data),
-                      expires_at=None if ttl is None else self.ttl_clock + ttl)
-        self.put(lease)
-        return lease
+        return self.manager.acquire(public_ip, backend_data=backend_data, node=node, ttl=ttl, **kw)
 
     def renew(self, lease: Lease, ttl: float | None = None) -> Lease:
         self._enter("renew")
-        new = replace(lease, expires_at=None if ttl is None else self.ttl_clock + ttl)
-        self.by_node[lease.node] = new
-        return new
+        return self.manager.renew(lease, ttl)
 
-    def release(self, node: str) -> None:
+    def release(self, public_ip: str) -> None:
         self._enter("release")
-        self.remove(node)
+        self.manager.release(public_ip)
 
     def leases(self) -> list[Lease]:
         self._enter("leases")
-        return list(self.by_node.values())
+        return self.manager.leases()
 
     def watch(self, timeout: float) -> Iterator[LeaseEvent]:
         self._enter("watch")
         self.watch_timeouts.append(timeout)
-        if not self.watched:
-            self.watched = True
-            self.pending = [LeaseEvent(kind="added", lease=lease) for lease in self.by_node.values()]
-        events, self.pending = self.pending, []
-        return iter(events)
+        return self.manager.watch(0)
 
     # -- test helpers: another node's doing --------------------------------------------
 
     def put(self, lease: Lease) -> None:
-        self.by_node[lease.node] = lease
-        self.pending.append(LeaseEvent(kind="added", lease=lease))
+        """Store *lease* under its subnet, replacing what is there."""
+        key = record_key(lease.subnet, lease.ipv6_subnet)
+        for record in self.registry.list_subnets()[1]:
+            if record.key == key:
+                self.registry.update_subnet(lease, mod_revision=record.mod_revision)
+                return
+        self.registry.create_subnet(lease)
 
     def remove(self, node: str) -> None:
-        lease = self.by_node.pop(node, None)
-        if lease is not None:
-            self.pending.append(LeaseEvent(kind="removed", lease=lease))
+        """Delete the leases labelled *node*."""
+        for record in self.registry.list_subnets()[1]:
+            if record.lease.node == node:
+                self.registry.delete_subnet(record)
 
 
 class FakeDataPath:

@@ -35,7 +35,8 @@ class Waits:
 def make(tmp_path):
     def make(store: FakeStore | None = None, *, network=NETWORK, ip_masq=False, ttl=None,
              clock=lambda: 1000.0, wait_limit=100):
-        store = store or FakeStore(NetworkConfig(network=NETWORK, backend={"Type": "vxlan"}))
+        store = store or FakeStore(NetworkConfig(network=NETWORK, backend={"Type": "vxlan"}),
+                                   clock=clock)
         config = AgentConfig(node_name="node-a", network=network, subnet_file=str(tmp_path / "subnet.env"),
                              conf_dir=str(tmp_path / "net.d"), ip_masq=ip_masq, lease_ttl=ttl)
         ref: list = []
@@ -48,8 +49,8 @@ def make(tmp_path):
 
 
 def test_setup_in_flanneld_order_and_files_written(make, tmp_path):
-    store = FakeStore(NetworkConfig(network=NETWORK, backend={"Type": "vxlan"}), next_subnet=3)
-    store.put(peer_lease("node-b", 2))
+    store = FakeStore(NetworkConfig(network=NETWORK, backend={"Type": "vxlan"}))
+    store.put(peer_lease("node-b", 2))                  # next-fit after it: 10.244.3.0/24
     agent = make(store, ip_masq=True)
     assert agent.run(once=True) == 0
     dp = agent.datapath
@@ -108,7 +109,8 @@ def test_backend_config():
 
 
 def test_cidr_exhausted_exits_1_without_writing_files(make, tmp_path, caplog):
-    store = FakeStore(NetworkConfig(network=NETWORK, backend={"Type": "vxlan"}), exhausted=True)
+    store = FakeStore(NetworkConfig(network=IPv4Network("10.244.0.0/24"), backend={"Type": "vxlan"}))
+    store.put(peer_lease("node-b", 0, ip="198.18.0.2"))     # holds the only subnet
     agent = make(store)
     assert agent.run(once=True) == 1
     assert "no remaining CIDRs" in caplog.text
@@ -210,7 +212,7 @@ def test_store_outage_keeps_the_data_path_and_resyncs_after(make):
     assert dp.ops == [] and sorted(dp.peers) == ["node-b"]
     # etcd is back, and node-b left meanwhile: the resync removes it.
     store.fail = 0
-    store.by_node.pop("node-b")
+    store.remove("node-b")
     agent.step()
     assert dp.ops == [("sync", ())]
     assert dp.peers == {}
@@ -229,7 +231,7 @@ def test_own_lease_removed_means_acquire_again(make):
 def test_lease_is_renewed_before_expiry_then_resynced(make):
     now = [1000.0]
     agent = _running(make, ttl=100.0, clock=lambda: now[0])
-    assert agent.lease.expires_at == 1100.0             # FakeStore: ttl_clock + ttl
+    assert agent.lease.expires_at == 1100.0             # clock + ttl
     agent.step()
     assert "renew" not in agent.store.calls
     assert agent.store.watch_timeouts[-1] == 2.0
@@ -237,18 +239,17 @@ def test_lease_is_renewed_before_expiry_then_resynced(make):
     agent.step()
     assert agent.store.watch_timeouts[-1] == pytest.approx(1.0)
     now[0] = 1050.0
-    agent.store.ttl_clock = 1050.0
     agent.step()
     assert agent.store.calls[-2:] == ["renew", "leases"]
     assert agent.lease.expires_at == 1150.0
     assert agent.datapath.ops[-1] == ("sync", ())
 
 
-def test_own_node_and_own_subnet_are_never_peers(make):
+def test_own_public_ip_is_never_a_peer(make):
     agent = _running(make)
     agent.step()
-    agent.store.put(peer_lease("node-a", 1))
-    agent.store.put(peer_lease("alias-of-a", 1))         # same subnet under another name
+    agent.store.put(peer_lease("node-a", 0, ip="198.18.0.1"))   # our own lease, rewritten
+    agent.store.put(peer_lease("alias-of-a", 5, ip="198.18.0.1"))   # under another label
     agent.step()
     assert agent.datapath.ops == []
 
@@ -269,7 +270,7 @@ def test_store_network_mismatch_is_logged_and_the_store_wins(make, caplog):
 
 def test_masq_rules_are_checked_again_on_every_resync_and_failures_are_not_fatal(make, caplog):
     agent = _running(make, ip_masq=True)
-    assert agent.masq.ops == [("ensure", "10.244.0.0/16", "10.244.1.0/24")]
+    assert agent.masq.ops == [("ensure", "10.244.0.0/16", "10.244.0.0/24")]   # the first node's
     agent.resync()
     assert len(agent.masq.ops) == 2
 

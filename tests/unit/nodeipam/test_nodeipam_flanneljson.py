@@ -6,7 +6,7 @@ from ipaddress import IPv4Network, IPv6Network
 
 import pytest
 
-from nodeipam import InvalidCIDR, Lease, LeaseEvent, NetworkConfig, StoreCorrupt
+from nodeipam import InvalidCIDR, Lease, NetworkConfig, StoreCorrupt
 from nodeipam import flanneljson as fj
 
 # What flannel's etcd registry stores (json.Marshal(LeaseAttrs) with vxlanLeaseAttrs).
@@ -122,16 +122,3 @@ def test_public_ip_check() -> None:
     for bad, version in [("", 4), ("fd00::2", 4), ("1.2.3", 4), ("1.2.3.4", 6)]:
         with pytest.raises(InvalidCIDR, match="public IP"):
             fj.check_public_ip(bad, version)
-
-
-def test_diff_leases() -> None:
-    a = Lease(node="a", subnet=IPv4Network("10.0.0.0/24"), public_ip="1.1.1.1", expires_at=1)
-    b = Lease(node="b", subnet=IPv4Network("10.0.1.0/24"), public_ip="1.1.1.2")
-    renewed = Lease(node="a", subnet=IPv4Network("10.0.0.0/24"), public_ip="1.1.1.1",
-                    expires_at=99)
-    moved = Lease(node="a", subnet=IPv4Network("10.0.0.0/24"), public_ip="1.1.1.9")
-    assert fj.diff_leases({}, {"a": a, "b": b}) == [LeaseEvent(kind="added", lease=a),
-                                                    LeaseEvent(kind="added", lease=b)]
-    assert fj.diff_leases({"a": a}, {"a": renewed}) == []
-    assert fj.diff_leases({"a": a, "b": b}, {"a": moved}) == [
-        LeaseEvent(kind="removed", lease=b), LeaseEvent(kind="added", lease=moved)]
