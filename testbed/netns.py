@@ -46,14 +46,15 @@ class Namespace:
 
 
 class Underlay(Namespace):
-    """A namespace with bridge ``br0`` at *address* (``198.18.0.254/24``): the network
-    between nodes. ``attach`` gives a node an ``eth0`` on it."""
+    """A namespace with bridge ``br0`` (at *address*, e.g. ``198.18.0.254/24``, when
+    given): the network between nodes. ``attach`` gives a node an ``eth0`` on it."""
 
-    def __init__(self, prefix: str, address: str) -> None:
+    def __init__(self, prefix: str, address: str = "") -> None:
         super().__init__(prefix)
         try:
             self.run("ip", "link", "add", "br0", "type", "bridge")
-            self.run("ip", "addr", "add", address, "dev", "br0")
+            if address:
+                self.run("ip", "addr", "add", address, "dev", "br0")
             self.run("ip", "link", "set", "br0", "up")
         except BaseException:
             self.delete()

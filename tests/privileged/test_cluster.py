@@ -3,15 +3,11 @@
 from __future__ import annotations
 
 import itertools
-import sys
 from typing import Iterator
 
 import pytest
 
-from .harness import REPO
-
-sys.path.insert(0, str(REPO / "hack"))
-from clusterlib import ETCD, Cluster, wait_for  # noqa: E402
+from testbed.cluster import ETCD, Cluster, wait_for
 
 pytestmark = pytest.mark.privileged
 

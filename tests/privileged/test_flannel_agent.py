@@ -30,6 +30,8 @@ from flannelcni.subnetenv import read_subnet_env
 from flannel.vxlan import vtep_mac
 from nodeipam.filestore import FileLeaseStore
 
+from testbed.netns import Underlay
+
 from .harness import REPO, NodeNamespace
 
 pytestmark = pytest.mark.privileged
@@ -44,13 +46,7 @@ class Node:
         self.work = cluster.work / self.name
         self.store_path = cluster.store_path
         self.pod: NodeNamespace | None = None
-        cluster.underlay.run("ip", "link", "add", f"u{i}", "type", "veth", "peer", "name", "eth0",
-                             "netns", self.ns.name)
-        cluster.underlay.run("ip", "link", "set", f"u{i}", "master", "br0", "up")
-        self.ns.run("ip", "addr", "add", f"{self.ip}/24", "dev", "eth0")
-        self.ns.run("ip", "link", "set", "eth0", "up")
-        # /proc/sys/net is the writer's namespace's (no procps needed)
-        self.ns.run("sh", "-c", "echo 1 > /proc/sys/net/ipv4/ip_forward")
+        cluster.underlay.attach(self.ns, i, f"{self.ip}/24")
 
     def agent_argv(self, *extra: str) -> list[str]:
         return ["nsenter", f"--net={self.ns.path}", sys.executable, "-m", "flannel.agent",
@@ -103,9 +99,7 @@ class Cluster:
         self.store_path = work / "leases.json"
         self.namespaces: list[NodeNamespace] = []
         self.procs: list[subprocess.Popen] = []
-        self.underlay = self.own(NodeNamespace("crishim-fu"))
-        self.underlay.run("ip", "link", "add", "br0", "type", "bridge")
-        self.underlay.run("ip", "link", "set", "br0", "up")
+        self.underlay = self.own(Underlay("crishim-fu"))
         self.nodes: list[Node] = []
 
     def own(self, ns: NodeNamespace) -> NodeNamespace:
@@ -181,7 +175,7 @@ def test_three_nodes_pods_ping_across_flannel_1(cluster):
         assert '-A POSTROUTING -m comment --comment "flanneld masq" -j FLANNEL-POSTRTG' in nat
         assert f"-A FLANNEL-POSTRTG -s {node.subnet} -d {NETWORK} " in nat
     lease_doc = json.loads(cluster.store_path.read_text())
-    assert {name: entry["attrs"]["BackendData"]["VtepMAC"] for name, entry in lease_doc["leases"].items()} \
+    assert {entry["node"]: entry["attrs"]["BackendData"]["VtepMAC"] for entry in lease_doc["subnets"].values()} \
         == {n.name: n.device()[1] for n in nodes}
     pods = [n.add_pod(cluster) for n in nodes]
     ping(nodes[0].pod, pods[1])
@@ -193,7 +187,7 @@ def test_removed_peer_is_unprogrammed_and_restart_keeps_the_device(cluster):
     nodes = up(cluster)
     n1, n2, n3 = nodes
     before = n1.device()
-    FileLeaseStore(cluster.store_path).release(n3.name)
+    FileLeaseStore(cluster.store_path).release(n3.ip)
     n1.agent_once()                                     # a restart: reconcile with the store
     after = n1.device()
     assert after[:2] == before[:2]                      # same ifindex, same MAC: not recreated
@@ -219,7 +213,7 @@ def test_running_agent_follows_the_store_and_sigterm_keeps_the_data_path(cluster
             time.sleep(0.1)
 
     until(lambda: "in sync with 2 peer(s)" in log_path.read_text(), "agent did not start")
-    FileLeaseStore(cluster.store_path).release(n2.name)
+    FileLeaseStore(cluster.store_path).release(n2.ip)
     until(lambda: n1.overlay() == expected_overlay(n1, [n3]), "node-2's entries were not removed")
     n2.agent_once()                                     # node-2 comes back (a new lease)
     until(lambda: n1.overlay() == expected_overlay(n1, [n2, n3]), "node-2's entries did not return")

@@ -31,12 +31,13 @@ import pytest
 
 from nodeipam import EXHAUSTED_MESSAGE, CIDRExhausted, InvalidCIDR, LeaseConflict, \
     LeaseManager, NetworkConfig, NetworkConfigNotFound, StoreUnavailable
+import testbed.etcd
 from testbed.netns import Namespace
 from tests.unit.nodeipam.registry_contract import RegistryContract
 
 pytestmark = pytest.mark.privileged
 
-ETCD = "/usr/bin/etcd"
+ETCD = testbed.etcd.ETCD
 REQUIRE_ALL = os.environ.get("CRI_SHIM_REQUIRE_ALL") == "1"
 NETWORK = NetworkConfig(network=IPv4Network("10.244.0.0/16"), backend={"Type": "vxlan"})
 SUBNETS = "/coreos.com/network/subnets/"
@@ -90,48 +91,9 @@ def inside(ns: Namespace) -> Iterator[None]:
         os.close(home)
 
 
-@dataclass
-class Etcd:
-    """One etcd member on 127.0.0.1 inside the namespace *ns*."""
-
-    ns: Namespace
-    data_dir: str = field(default_factory=lambda: tempfile.mkdtemp(prefix="nodeipam-etcd-"))
-    proc: subprocess.Popen | None = None
-    endpoint: str = "http://127.0.0.1:2379"
-
-    def start(self) -> None:
-        peer = "http://127.0.0.1:2380"
-        log = open(os.path.join(self.data_dir, "etcd.log"), "ab")
-        self.proc = subprocess.Popen(
-            ["nsenter", f"--net={self.ns.path}", ETCD, "--name", "test",
-             "--data-dir", os.path.join(self.data_dir, "data"),
-             "--listen-client-urls", self.endpoint, "--advertise-client-urls", self.endpoint,
-             "--listen-peer-urls", peer, "--initial-advertise-peer-urls", peer,
-             "--initial-cluster", f"test={peer}", "--log-level", "warn"],
-            stdout=log, stderr=subprocess.STDOUT)
-        log.close()
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                with _OPENER.open(self.endpoint + "/health", timeout=1) as resp:
-                    if b'"true"' in resp.read():
-                        break
-            except OSError:
-                pass
-            if self.proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"etcd did not come up: {self.log()}")
-            time.sleep(0.1)
-        # etcd (nsenter exec'ed it) runs in the throwaway namespace, not the host's.
-        assert os.stat(f"/proc/{self.proc.pid}/ns/net").st_ino == os.stat(self.ns.path).st_ino
-
-    def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait(timeout=30)
-
-    def log(self) -> str:
-        with open(os.path.join(self.data_dir, "etcd.log"), errors="replace") as f:
-            return f.read()[-3000:]
+class Etcd(testbed.etcd.Etcd):
+    """The rig's etcd on 127.0.0.1 in a throwaway namespace, with raw access for the
+    tests that check flannel's bytes."""
 
     def raw(self, key: str) -> tuple[bytes, dict] | None:
         """The value and metadata at *key*, read without nodeipam."""
@@ -160,7 +122,6 @@ def etcd() -> Iterator[Etcd]:
                 yield server
         finally:
             server.stop()
-            shutil.rmtree(server.data_dir, ignore_errors=True)
     finally:
         ns.delete()
 
@@ -358,7 +319,7 @@ def test_renew_conflict(etcd: Etcd, store) -> None:
 def test_etcd_down_then_back(etcd: Etcd, store) -> None:
     a = store.acquire("198.18.0.2", node="n1", backend_data=vxlan(1))
     list(store.watch(0.1))
-    etcd.stop()
+    etcd.pause()
     for call in (lambda: store.acquire("198.18.0.3", node="n2", backend_data=vxlan(2)),
                  lambda: store.renew(a), store.leases, store.get_network_config,
                  lambda: list(store.watch(0.2)), lambda: store.release("198.18.0.2")):

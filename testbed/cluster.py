@@ -12,52 +12,31 @@ Everything lives under one temp dir and in namespaces made here; ``close()`` rem
 all of it (processes, pods, namespaces, files), also after a failure. The underlay has
 no route anywhere: traffic stays between these namespaces.
 
-Used by ``hack/demo-cluster`` and ``tests/privileged/test_cluster.py``.
+Used by ``hack/demo-cluster`` and ``tests/privileged/test_cluster.py``; built from the
+rig's namespaces, etcd and server.
 """
 
 from __future__ import annotations
 
 import json
-import os
 import secrets
 import shutil
 import signal
 import subprocess
 import sys
 import tempfile
-import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
-REPO = Path(__file__).resolve().parents[1]
-PLUGIN_DIR = "/usr/lib/cni"
-ETCD = "/usr/bin/etcd"
+from .etcd import ETCD, Etcd
+from .netns import Namespace, Underlay
+from .process import REPO, env, stop, wait_for
+from .server import PLUGIN_DIR, Server
+
+__all__ = ["ETCD", "UNDERLAY_IP", "NETWORK", "Cluster", "Node", "Pod", "wait_for"]
+
 UNDERLAY_IP = "198.18.0.254"
 NETWORK = "10.244.0.0/16"
-
-
-def sh(*cmd: str, check: bool = True, timeout: float = 60) -> str:
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
-    if check and proc.returncode != 0:
-        raise RuntimeError(f"{' '.join(cmd)} failed ({proc.returncode}): {proc.stderr.strip()}")
-    return proc.stdout
-
-
-class Namespace:
-    def __init__(self, name: str) -> None:
-        self.name, self.path = name, f"/var/run/netns/{name}"
-        sh("ip", "netns", "add", name)
-        try:
-            self.run("ip", "link", "set", "lo", "up")
-        except BaseException:
-            self.delete()
-            raise
-
-    def run(self, *cmd: str, check: bool = True) -> str:
-        return sh("nsenter", f"--net={self.path}", *cmd, check=check)
-
-    def delete(self) -> None:
-        sh("ip", "netns", "del", self.name, check=False)
 
 
 class Node:
@@ -66,32 +45,24 @@ class Node:
         self.name, self.ip = f"node-{i}", f"198.18.0.{i}"
         self.work = cluster.work / self.name
         self.work.mkdir(parents=True)
-        self.ns = cluster.own(Namespace(f"{cluster.prefix}-n{i}"))
-        cluster.underlay.run("ip", "link", "add", f"u{i}", "type", "veth", "peer", "name", "eth0",
-                             "netns", self.ns.name)
-        cluster.underlay.run("ip", "link", "set", f"u{i}", "master", "br0", "up")
-        self.ns.run("ip", "addr", "add", f"{self.ip}/24", "dev", "eth0")
-        self.ns.run("ip", "link", "set", "eth0", "up")
-        self.ns.run("sh", "-c", "echo 1 > /proc/sys/net/ipv4/ip_forward")
-        self.socket = self.work / "cri.sock"
+        self.ns = cluster.own(Namespace(name=f"{cluster.prefix}-n{i}"))
+        cluster.underlay.attach(self.ns, i, f"{self.ip}/24")
+        self.server = Server(self.ns, self.work, bin_dirs=(str(cluster.bin_dir), PLUGIN_DIR),
+                             log_level="info")
         self.agent: subprocess.Popen | None = None
-        self.shim: subprocess.Popen | None = None
 
     # -- processes ---------------------------------------------------------------
 
-    def _spawn(self, what: str, *argv: str) -> subprocess.Popen:
-        log = open(self.work / f"{what}.log", "ab")
-        return subprocess.Popen(["nsenter", f"--net={self.ns.path}", sys.executable, "-m", "cri_shim",
-                                 *argv], stdout=log, stderr=subprocess.STDOUT,
-                                env=_env())
-
     def start_agent(self, *, wait: bool = True) -> None:
-        self.agent = self._spawn(
-            "agent", "agent", "--node-name", self.name, "--public-ip", self.ip, "--iface", "eth0",
-            "--store", f"etcd:http://{UNDERLAY_IP}:2379", "--network", NETWORK,
-            "--subnet-file", str(self.work / "subnet.env"), "--conf-dir", str(self.work / "net.d"),
-            "--plugin-data-dir", str(self.work / "flannel"), "--ipam-data-dir", str(self.work / "ipam"),
-            "--lease-ttl", "60")
+        log = open(self.work / "agent.log", "ab")
+        self.agent = subprocess.Popen(
+            ["nsenter", f"--net={self.ns.path}", sys.executable, "-m", "cri_shim", "agent",
+             "--node-name", self.name, "--public-ip", self.ip, "--iface", "eth0",
+             "--store", f"etcd:{cluster_etcd(self.cluster)}", "--network", NETWORK,
+             "--subnet-file", str(self.work / "subnet.env"), "--conf-dir", str(self.work / "net.d"),
+             "--plugin-data-dir", str(self.work / "flannel"), "--ipam-data-dir",
+             str(self.work / "ipam"), "--lease-ttl", "60"],
+            stdout=log, stderr=subprocess.STDOUT, env=env())
         if wait:
             self.wait_for_conflist()
 
@@ -101,28 +72,16 @@ class Node:
                  timeout=timeout)
 
     def stop_agent(self, sig: int = signal.SIGTERM) -> None:
-        _stop(self.agent, sig)
+        stop(self.agent, sig)
         self.agent = None
 
     def start_shim(self) -> None:
-        (self.work / "config.toml").write_text(f'''version = 2
-root = "{self.work}/root"
-state = "{self.work}/state"
-[grpc]
-  address = "{self.socket}"
-[plugins."io.containerd.grpc.v1.cri".cni]
-  bin_dirs = ["{self.cluster.bin_dir}", "{PLUGIN_DIR}"]
-  conf_dir = "{self.work}/net.d"
-  cache_dir = "{self.work}/cni-cache"
-  netns_dir = "{self.work}/netns"
-''')
-        self.shim = self._spawn("shim", "serve", "--config", str(self.work / "config.toml"))
+        self.server.start()
         wait_for(lambda: "NetworkReady" in self.ctl("info", check=False),
-                 f"{self.name}'s cri-shim to answer", self.log("shim"), proc=self.shim)
+                 f"{self.name}'s cri-shim to answer", self.log("shim"), proc=self.server.proc)
 
     def stop_shim(self) -> None:
-        _stop(self.shim, signal.SIGTERM)
-        self.shim = None
+        self.server.stop()
 
     def log(self, what: str) -> Callable[[], str]:
         return lambda: (self.work / f"{what}.log").read_text(errors="replace")[-3000:]
@@ -130,9 +89,7 @@ state = "{self.work}/state"
     # -- pods --------------------------------------------------------------------
 
     def ctl(self, *args: str, check: bool = True) -> str:
-        proc = subprocess.run([sys.executable, "-m", "cri_shim", "ctl", "-r", f"unix://{self.socket}",
-                               *args], capture_output=True, text=True, timeout=120,
-                              env=dict(os.environ, PYTHONPATH=str(REPO)))
+        proc = self.server.ctl(*args, check=False)
         if check and proc.returncode != 0:
             raise RuntimeError(f"{self.name}: ctl {' '.join(args)}: {proc.stderr.strip()}")
         return proc.stdout
@@ -170,7 +127,7 @@ class Cluster:
         self.prefix = f"crishim-c{secrets.token_hex(3)}"
         self.work = Path(tempfile.mkdtemp(prefix="cri-shim-cluster."))
         self.namespaces: list[Namespace] = []
-        self.etcd: subprocess.Popen | None = None
+        self.etcd: Etcd | None = None
         self.nodes: list[Node] = []
         try:
             self._build(nodes)
@@ -184,10 +141,8 @@ class Cluster:
 
     def _build(self, n: int) -> None:
         self.say(f"underlay namespace {self.prefix}-ul: bridge br0 {UNDERLAY_IP}/24, etcd")
-        self.underlay = self.own(Namespace(f"{self.prefix}-ul"))
-        self.underlay.run("ip", "link", "add", "br0", "type", "bridge")
-        self.underlay.run("ip", "addr", "add", f"{UNDERLAY_IP}/24", "dev", "br0")
-        self.underlay.run("ip", "link", "set", "br0", "up")
+        self.underlay = self.own(Underlay(f"{self.prefix}-ul", f"{UNDERLAY_IP}/24"))
+        self.etcd = Etcd(self.underlay, UNDERLAY_IP, name="underlay")
         self.start_etcd()
         self.bin_dir = self.work / "bin"
         from flannelcni.install import install
@@ -197,21 +152,11 @@ class Cluster:
         self.wait_for_overlay()
 
     def start_etcd(self) -> None:
-        self.etcd = subprocess.Popen(
-            ["nsenter", f"--net={self.underlay.path}", ETCD, "--name", "underlay",
-             "--data-dir", str(self.work / "etcd"),
-             "--listen-client-urls", f"http://{UNDERLAY_IP}:2379",
-             "--advertise-client-urls", f"http://{UNDERLAY_IP}:2379",
-             "--listen-peer-urls", "http://127.0.0.1:2380",
-             "--initial-advertise-peer-urls", "http://127.0.0.1:2380",
-             "--initial-cluster", "underlay=http://127.0.0.1:2380"],
-            stdout=open(self.work / "etcd.log", "ab"), stderr=subprocess.STDOUT)
-        wait_for(lambda: _etcd_healthy(self.underlay), "etcd",
-                 lambda: (self.work / "etcd.log").read_text(errors="replace")[-2000:], proc=self.etcd)
+        self.etcd.start()
 
     def stop_etcd(self) -> None:
-        _stop(self.etcd, signal.SIGTERM)
-        self.etcd = None
+        """etcd goes away (its data stays: ``start_etcd`` brings it back)."""
+        self.etcd.pause()
 
     def wait_for_overlay(self, timeout: float = 60) -> None:
         """Until every node has a flannel.1 route to every other node's podCIDR (agents
@@ -233,7 +178,7 @@ class Cluster:
         """What deleting a node does: its processes go and its lease is released."""
         node.stop_shim()
         node.stop_agent()
-        _unpin_all(node)
+        node.server.force_clean()
         # Only from inside the underlay: etcd is not reachable (and must not be looked
         # for) from the host's network. etcd leases carry no node name: flannel finds
         # a node's lease by its PublicIP.
@@ -241,7 +186,7 @@ class Cluster:
                           "import sys; sys.path.insert(0, sys.argv[1]);"
                           "from nodeipam.etcdstore import EtcdLeaseStore;"
                           "EtcdLeaseStore([sys.argv[2]]).release(sys.argv[3])",
-                          str(REPO), f"http://{UNDERLAY_IP}:2379", node.ip)
+                          str(REPO), cluster_etcd(self), node.ip)
         self.nodes.remove(node)
 
     def close(self) -> None:
@@ -251,10 +196,9 @@ class Cluster:
         try:
             steps: list[Callable[[], None]] = []
             for node in self.nodes:
-                steps += [lambda n=node: _stop(n.shim, signal.SIGTERM),
-                          lambda n=node: _stop(n.agent, signal.SIGTERM),
-                          lambda n=node: _unpin_all(n)]
-            steps.append(lambda: _stop(self.etcd, signal.SIGTERM))
+                steps += [node.server.stop, lambda n=node: stop(n.agent), node.server.force_clean]
+            if self.etcd is not None:
+                steps.append(self.etcd.stop)
             steps += [ns.delete for ns in reversed(self.namespaces)]
             steps.append(lambda: shutil.rmtree(self.work, ignore_errors=True))
             for step in steps:
@@ -267,51 +211,6 @@ class Cluster:
                 signal.signal(sig, handler)
 
 
-def _unpin_all(node: Node) -> None:
-    from cri_shim import netns
-    netns_dir = node.work / "netns"
-    if netns_dir.exists():
-        for p in netns_dir.iterdir():
-            netns.unpin(str(p))
-
-
-def _env() -> dict[str, str]:
-    """The environment for the processes in the namespaces: no proxy settings (their
-    only peers are in these namespaces) and the repo on PYTHONPATH."""
-    env = {k: v for k, v in os.environ.items() if k.lower() not in
-           ("http_proxy", "https_proxy", "all_proxy", "no_proxy")}
-    return dict(env, PYTHONPATH=str(REPO))
-
-
-def _etcd_healthy(underlay: Namespace) -> bool:
-    try:
-        out = underlay.run(sys.executable, "-c",
-                           "import urllib.request as u; print(u.build_opener(u.ProxyHandler({})).open("
-                           f"'http://{UNDERLAY_IP}:2379/health', timeout=1).read().decode())",
-                           check=False)
-    except subprocess.TimeoutExpired:
-        return False
-    return '"health":"true"' in out.replace(" ", "")
-
-
-def _stop(proc: subprocess.Popen | None, sig: int) -> None:
-    if proc is None or proc.poll() is not None:
-        return
-    proc.send_signal(sig)
-    try:
-        proc.wait(timeout=15)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
-
-
-def wait_for(cond: Callable[[], bool], what: str, log: Callable[[], str] = lambda: "",
-             *, proc: subprocess.Popen | None = None, timeout: float = 30) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if cond():
-            return
-        if proc is not None and proc.poll() is not None:
-            raise RuntimeError(f"waiting for {what}: the process exited {proc.returncode}\n{log()}")
-        time.sleep(0.1)
-    raise RuntimeError(f"timed out waiting for {what}\n{log()}")
+def cluster_etcd(cluster: "Cluster") -> str:
+    assert cluster.etcd is not None
+    return cluster.etcd.endpoint
