@@ -106,13 +106,16 @@ def _serve(args: argparse.Namespace) -> int:
     try:
         os.makedirs(cfg.state, mode=0o700, exist_ok=True)
         manager = SandboxManager(cfg, PodNetwork(cfg.cni), FileStore(os.path.join(cfg.root, "sandboxes")))
+        from images.service import ImageService
+        image_service = ImageService(os.path.join(cfg.root, "images"), cfg.images.registry,
+                                     max_concurrent_downloads=cfg.images.max_concurrent_downloads)
         log.info("config %s: root=%s state=%s conf_dir=%s bin_dirs=%s", cfg.source, cfg.root,
                  cfg.state, cfg.cni.conf_dir, ":".join(cfg.cni.bin_dirs))
         netns.start_helper()
         manager.recover()
         if cfg.cni.gc_on_start:
             manager.gc()
-        serve(manager, cfg.address, stop)
+        serve(manager, image_service, cfg.address, stop)
     except SocketInUse as exc:
         print(f"cri-shim: {exc.strerror}", file=sys.stderr)
         return 1

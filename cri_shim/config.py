@@ -16,12 +16,15 @@ from dataclasses import dataclass, field
 from importlib import resources
 from typing import Any, Mapping
 
+from images.hosts import RegistryConfig
+
 from .errors import ConfigFileError
 
 log = logging.getLogger(__name__)
 
 V2_CRI = "io.containerd.grpc.v1.cri"
 V3_RUNTIME = "io.containerd.cri.v1.runtime"
+V3_IMAGES = "io.containerd.cri.v1.images"
 IP_PREFS = ("ipv4", "ipv6", "cni")
 CGROUP_DRIVERS = ("systemd", "cgroupfs")
 
@@ -45,12 +48,21 @@ class CNISettings:
 
 
 @dataclass(frozen=True, kw_only=True)
+class ImageSettings:
+    """containerd's image settings: the registry table and download concurrency."""
+
+    registry: RegistryConfig = field(default_factory=RegistryConfig)
+    max_concurrent_downloads: int = 3
+
+
+@dataclass(frozen=True, kw_only=True)
 class Config:
     root: str = "/var/lib/cri-shim"
     state: str = "/run/cri-shim"
     address: str = "/run/cri-shim/cri-shim.sock"
     cgroup_driver: str = "systemd"
     cni: CNISettings = field(default_factory=CNISettings)
+    images: ImageSettings = field(default_factory=ImageSettings)
     source: str = "<embedded default>"
 
     def replace(self, **changes: Any) -> "Config":
@@ -97,9 +109,41 @@ def parse(text: str, *, source: str) -> Config:
         address=reader.string(grpc_table, "address", Config.address, where="grpc"),
         cgroup_driver=_cgroup_driver(reader, cri_table, cri_name),
         cni=_cni_settings(reader, cni_table, f'plugins."{cri_name}".cni'),
+        images=_image_settings(reader, plugins, cri_table, cri_name),
         source=source,
     )
     return cfg
+
+
+def _image_settings(reader: "_Reader", plugins: Mapping[str, Any], cri_table: Mapping[str, Any],
+                    cri_name: str) -> ImageSettings:
+    # Version 2 keeps image settings in the CRI table, version 3 in its own plugin.
+    name = V3_IMAGES if cri_name == V3_RUNTIME else V2_CRI
+    table = reader.table(plugins, V3_IMAGES, where="plugins") if name == V3_IMAGES else cri_table
+    where = f'plugins."{name}"'
+    reg = reader.table(table, "registry", where=where)
+    rwhere = f"{where}.registry"
+    config_path = reader.string(reg, "config_path", "", where=rwhere)
+    mirrors: dict[str, tuple[str, ...]] = {}
+    for host, entry in reader.table(reg, "mirrors", where=rwhere).items():
+        if not isinstance(entry, dict):
+            raise ConfigFileError(f'{reader.source}: {rwhere}.mirrors."{host}" must be a table')
+        mirrors[host] = reader.string_list(entry, "endpoint", [], where=f'{rwhere}.mirrors."{host}"')
+    configs = {}
+    for host, entry in reader.table(reg, "configs", where=rwhere).items():
+        if not isinstance(entry, dict):
+            raise ConfigFileError(f'{reader.source}: {rwhere}.configs."{host}" must be a table')
+        configs[host] = entry
+    if config_path and mirrors:
+        raise ConfigFileError(f"{reader.source}: {rwhere}: `mirrors` cannot be set together with "
+                              "`config_path` (move the mirrors into hosts.toml files)")
+    downloads = reader.integer(table, "max_concurrent_downloads", 3, where=where)
+    if downloads < 1:
+        raise ConfigFileError(f"{reader.source}: {where}.max_concurrent_downloads must be >= 1")
+    return ImageSettings(
+        registry=RegistryConfig(config_path=tuple(p for p in config_path.split(":") if p),
+                                mirrors=mirrors, configs=configs),
+        max_concurrent_downloads=downloads)
 
 
 def _refuse_version1(doc: Mapping[str, Any], source: str) -> None:

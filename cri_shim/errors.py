@@ -33,6 +33,7 @@ import os
 import grpc
 
 import libcni
+from images import errors as image_errors
 
 __all__ = [
     "ShimError",
@@ -47,6 +48,7 @@ __all__ = [
     "StoreError",
     "ConfigFileError",
     "grpc_status",
+    "is_bug",
 ]
 
 # What Status reports and RunPodSandbox answers while no CNI config is loaded: the exact
@@ -153,10 +155,39 @@ def _cni_code(err: libcni.CNIError) -> grpc.StatusCode:
     return grpc.StatusCode.UNKNOWN
 
 
+# The image package's tree (images/errors.py), most specific first.
+_IMAGE_CODES: tuple[tuple[type, grpc.StatusCode], ...] = (
+    (image_errors.InvalidReference, grpc.StatusCode.INVALID_ARGUMENT),
+    (image_errors.ImageNotFound, grpc.StatusCode.NOT_FOUND),
+    (image_errors.NoMatchingPlatform, grpc.StatusCode.NOT_FOUND),   # containerd: not found
+    (image_errors.RegistryUnavailable, grpc.StatusCode.UNAVAILABLE),
+    (image_errors.AuthFailed, grpc.StatusCode.PERMISSION_DENIED),
+    (image_errors.DigestMismatch, grpc.StatusCode.DATA_LOSS),
+    (image_errors.InvalidContent, grpc.StatusCode.FAILED_PRECONDITION),
+    (image_errors.InvalidArchive, grpc.StatusCode.INVALID_ARGUMENT),
+)
+
+
+def _image_code(err: image_errors.ImageError) -> grpc.StatusCode:
+    if isinstance(err, image_errors.StorageError):
+        return _errno_code(err.errno)
+    for kind, code in _IMAGE_CODES:
+        if isinstance(err, kind):
+            return code
+    return grpc.StatusCode.UNKNOWN
+
+
+def is_bug(exc: BaseException) -> bool:
+    """Whether *exc* is outside every error tree (worth a traceback in the log)."""
+    return not isinstance(exc, (ShimError, image_errors.ImageError, libcni.CNIError))
+
+
 def grpc_status(exc: BaseException) -> tuple[grpc.StatusCode, str]:
     """Map any exception to the (code, message) a gRPC client gets."""
     if isinstance(exc, ShimError):
         return exc.code, str(exc)
+    if isinstance(exc, image_errors.ImageError):
+        return _image_code(exc), str(exc)
     if isinstance(exc, libcni.CNIError):
         return _cni_code(exc), str(exc)
     return grpc.StatusCode.INTERNAL, f"internal error: {type(exc).__name__}: {exc}"

@@ -22,16 +22,18 @@ import grpc
 from google.protobuf import json_format
 
 from . import __version__
+from images.service import ImageService
+
 from .api import api_pb2 as pb
 from .api import api_pb2_grpc as pb_grpc
-from .errors import NotFound, ShimError, grpc_status
+from .errors import NotFound
+from .rpc import RUNTIME_NAME, answer_unimplemented, deadline, rpc
 from .manager import SandboxFilter, SandboxManager
 from .podconfig import parse_pod_config
 from .store import NOTREADY, READY, SandboxRecord
 
 log = logging.getLogger(__name__)
 
-RUNTIME_NAME = "cri-shim"
 KUBE_API_VERSION = "0.1.0"   # what every runtime answers in VersionResponse.version
 RUNTIME_API_VERSION = "v1"
 
@@ -39,46 +41,21 @@ _STATE_TO_PB = {READY: pb.SANDBOX_READY, NOTREADY: pb.SANDBOX_NOTREADY}
 _PB_TO_STATE = {pb.SANDBOX_READY: READY, pb.SANDBOX_NOTREADY: NOTREADY}
 
 
-def _rpc(method: Callable[..., Any]) -> Callable[..., Any]:
-    """Log the call and map any exception to its gRPC status, in one place."""
-    name = method.__name__
-
-    @functools.wraps(method)
-    def wrapper(self: "CRIServicer", request: Any, context: grpc.ServicerContext) -> Any:
-        start = time.perf_counter()
-        sandbox = getattr(request, "pod_sandbox_id", "")
-        try:
-            reply = method(self, request, context)
-        except Exception as exc:
-            code, message = grpc_status(exc)
-            bug = not isinstance(exc, ShimError)   # only a bug earns a traceback
-            level = logging.ERROR if bug or code == grpc.StatusCode.INTERNAL else logging.INFO
-            log.log(level, "cri %s sandbox=%s code=%s duration_ms=%.1f error=%s", name,
-                    sandbox[:12] or "-", code.name, (time.perf_counter() - start) * 1e3, message,
-                    exc_info=bug)
-            context.abort(code, _fit_trailer(message))
-        log.info("cri %s sandbox=%s code=OK duration_ms=%.1f", name,
-                 (sandbox or getattr(reply, "pod_sandbox_id", ""))[:12] or "-",
-                 (time.perf_counter() - start) * 1e3)
-        return reply
-
-    return wrapper
-
-
-class CRIServicer(pb_grpc.RuntimeServiceServicer, pb_grpc.ImageServiceServicer):
-    def __init__(self, manager: SandboxManager) -> None:
+class CRIServicer(pb_grpc.RuntimeServiceServicer):
+    def __init__(self, manager: SandboxManager, images: ImageService | None = None) -> None:
         self.manager = manager
+        self.images = images
         self._frames: dict[str, tuple[SandboxRecord, bytes]] = {}   # see ListPodSandbox
 
     # -- runtime ------------------------------------------------------------------
 
-    @_rpc
+    @rpc
     def Version(self, request: pb.VersionRequest, context: Any) -> pb.VersionResponse:
         return pb.VersionResponse(version=KUBE_API_VERSION, runtime_name=RUNTIME_NAME,
                                   runtime_version=__version__,
                                   runtime_api_version=RUNTIME_API_VERSION)
 
-    @_rpc
+    @rpc
     def Status(self, request: pb.StatusRequest, context: Any) -> pb.StatusResponse:
         ready, reason, message = self.manager.network_condition()
         network_ready = pb.RuntimeCondition(type="NetworkReady", status=ready, reason=reason,
@@ -90,35 +67,35 @@ class CRIServicer(pb_grpc.RuntimeServiceServicer, pb_grpc.ImageServiceServicer):
             reply.info["lastCNILoadStatus"] = "OK" if ready else message
         return reply
 
-    @_rpc
+    @rpc
     def RuntimeConfig(self, request: Any, context: Any) -> pb.RuntimeConfigResponse:
         driver = pb.SYSTEMD if self.manager.config.cgroup_driver == "systemd" else pb.CGROUPFS
         return pb.RuntimeConfigResponse(linux=pb.LinuxRuntimeConfiguration(cgroup_driver=driver))
 
-    @_rpc
+    @rpc
     def UpdateRuntimeConfig(self, request: pb.UpdateRuntimeConfigRequest, context: Any) -> Any:
         self.manager.update_pod_cidrs(request.runtime_config.network_config.pod_cidr)
         return pb.UpdateRuntimeConfigResponse()
 
     # -- sandboxes ----------------------------------------------------------------
 
-    @_rpc
+    @rpc
     def RunPodSandbox(self, request: pb.RunPodSandboxRequest, context: Any) -> pb.RunPodSandboxResponse:
         config = json_format.MessageToDict(request.config, preserving_proto_field_name=True)
-        sandbox_id = self.manager.run(parse_pod_config(config), deadline=_deadline(context))
+        sandbox_id = self.manager.run(parse_pod_config(config), deadline=deadline(context))
         return pb.RunPodSandboxResponse(pod_sandbox_id=sandbox_id)
 
-    @_rpc
+    @rpc
     def StopPodSandbox(self, request: pb.StopPodSandboxRequest, context: Any) -> pb.StopPodSandboxResponse:
-        self.manager.stop(request.pod_sandbox_id, deadline=_deadline(context))
+        self.manager.stop(request.pod_sandbox_id, deadline=deadline(context))
         return pb.StopPodSandboxResponse()
 
-    @_rpc
+    @rpc
     def RemovePodSandbox(self, request: pb.RemovePodSandboxRequest, context: Any) -> pb.RemovePodSandboxResponse:
-        self.manager.remove(request.pod_sandbox_id, deadline=_deadline(context))
+        self.manager.remove(request.pod_sandbox_id, deadline=deadline(context))
         return pb.RemovePodSandboxResponse()
 
-    @_rpc
+    @rpc
     def PodSandboxStatus(self, request: pb.PodSandboxStatusRequest, context: Any) -> pb.PodSandboxStatusResponse:
         rec = self.manager.get(request.pod_sandbox_id)
         ips = self.manager.ips(rec)
@@ -136,7 +113,7 @@ class CRIServicer(pb_grpc.RuntimeServiceServicer, pb_grpc.ImageServiceServicer):
             reply.info["info"] = json.dumps(verbose_info(rec))
         return reply
 
-    @_rpc
+    @rpc
     def ListPodSandbox(self, request: pb.ListPodSandboxRequest, context: Any) -> pb.ListPodSandboxResponse:
         f = request.filter
         flt = SandboxFilter(
@@ -170,45 +147,17 @@ class CRIServicer(pb_grpc.RuntimeServiceServicer, pb_grpc.ImageServiceServicer):
 
     # -- containers (none yet: cri-shim networks sandboxes) -----------------------
 
-    @_rpc
+    @rpc
     def ListContainers(self, request: pb.ListContainersRequest, context: Any) -> pb.ListContainersResponse:
         return pb.ListContainersResponse()
 
-    @_rpc
+    @rpc
     def ContainerStatus(self, request: pb.ContainerStatusRequest, context: Any) -> Any:
         raise NotFound(f'an error occurred when try to find container "{request.container_id}": not found')
 
-    @_rpc
+    @rpc
     def ListContainerStats(self, request: Any, context: Any) -> pb.ListContainerStatsResponse:
         return pb.ListContainerStatsResponse()
-
-    # -- images -------------------------------------------------------------------
-
-    @_rpc
-    def ImageFsInfo(self, request: Any, context: Any) -> pb.ImageFsInfoResponse:
-        return pb.ImageFsInfoResponse()
-
-
-_MAX_MESSAGE = 4096   # bytes: grpc-message travels in a trailer (8 KiB of metadata)
-
-
-def _fit_trailer(message: str) -> str:
-    """*message*, cut in the middle if it would not fit a status trailer (a plugin's
-    whole stderr can be in it, as libcni puts it there); the log keeps all of it."""
-    data = message.encode()
-    if len(data) <= _MAX_MESSAGE:
-        return message
-    keep = (_MAX_MESSAGE - 64) // 2   # the note below is shorter than 64 bytes
-    note = f" ... [{len(data) - 2 * keep} bytes cut] ... "
-    return (data[:keep].decode("utf-8", "ignore") + note
-            + data[-keep:].decode("utf-8", "ignore"))
-
-
-def _deadline(context: Any) -> float | None:
-    """The client's deadline as a ``time.monotonic()`` value (None: it set none)."""
-    remaining = context.time_remaining()
-    return None if remaining is None else time.monotonic() + remaining
-
 
 def _cri_state(rec: SandboxRecord) -> str:
     # A sandbox still being created is not READY to anyone outside.
@@ -232,22 +181,8 @@ def verbose_info(rec: SandboxRecord) -> dict[str, Any]:
     }
 
 
-def _not_implemented(service: str, method: str) -> Callable[..., Any]:
-    def handler(self: "CRIServicer", request: Any, context: grpc.ServicerContext) -> Any:
-        log.info("cri %s code=UNIMPLEMENTED", method)
-        context.abort(grpc.StatusCode.UNIMPLEMENTED,
-                      f"/{service}/{method} is not implemented by {RUNTIME_NAME}")
-    handler.__name__ = method
-    return handler
-
-
-# Every CRI method the servicer does not implement answers UNIMPLEMENTED naming itself
-# (the generated base classes would say "Method not implemented!").
-for _service, _base in (("runtime.v1.RuntimeService", pb_grpc.RuntimeServiceServicer),
-                        ("runtime.v1.ImageService", pb_grpc.ImageServiceServicer)):
-    for _method in pb.DESCRIPTOR.services_by_name[_service.split(".")[-1]].methods_by_name:
-        if _method not in CRIServicer.__dict__:
-            setattr(CRIServicer, _method, _not_implemented(_service, _method))
+# Every CRI method the servicer does not implement answers UNIMPLEMENTED naming itself.
+answer_unimplemented(CRIServicer, "RuntimeService")
 
 
 class SocketInUse(OSError):
@@ -278,20 +213,22 @@ def prepare_socket(path: str) -> None:
         probe.close()
 
 
-def build_server(servicer: CRIServicer, address: str, *, max_workers: int = 64) -> grpc.Server:
+def build_server(runtime: CRIServicer, images: pb_grpc.ImageServiceServicer, address: str, *,
+                 max_workers: int = 64) -> grpc.Server:
     prepare_socket(address)
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="cri"),
                          options=[("grpc.so_reuseport", 0)])
-    pb_grpc.add_RuntimeServiceServicer_to_server(servicer, server)
-    pb_grpc.add_ImageServiceServicer_to_server(servicer, server)
+    pb_grpc.add_RuntimeServiceServicer_to_server(runtime, server)
+    pb_grpc.add_ImageServiceServicer_to_server(images, server)
     server.add_insecure_port(f"unix://{address}")
     return server
 
 
-def serve(manager: SandboxManager, address: str, stop: threading.Event) -> None:
+def serve(manager: SandboxManager, image_service: ImageService, address: str,
+          stop: threading.Event) -> None:
     """Serve until *stop* is set; pods are left as they are."""
-    servicer = CRIServicer(manager)
-    server = build_server(servicer, address)
+    from .imageserver import ImageServicer
+    server = build_server(CRIServicer(manager, image_service), ImageServicer(image_service), address)
     server.start()
     os.chmod(address, 0o660)
     log.info("cri-shim %s serving CRI on unix://%s", __version__, address)

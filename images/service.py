@@ -63,7 +63,7 @@ class ImageService:
         self.root = root
         self.content = ContentStore(os.path.join(root, "content"))
         self.snapshots = Snapshots(os.path.join(root, "snapshots"))
-        self.store = ImageStore(os.path.join(root, "images"))
+        self.store = ImageStore(os.path.join(root, "records"))
         self.client = RegistryClient(registry or RegistryConfig())
         self.in_use: Callable[[], Iterable[str]] = lambda: ()
         self._clock = clock

@@ -92,3 +92,37 @@ def test_bad_config_names_what_is_wrong(text: str, words: str) -> None:
 def test_missing_file(tmp_path) -> None:
     with pytest.raises(ConfigFileError, match="cannot read config file"):
         config.load(str(tmp_path / "nope.toml"))
+
+
+def test_registry_settings_in_both_layouts(tmp_path) -> None:
+    v2 = config.parse('''version = 2
+[plugins."io.containerd.grpc.v1.cri"]
+  max_concurrent_downloads = 5
+[plugins."io.containerd.grpc.v1.cri".registry]
+  config_path = "/etc/containerd/certs.d:/etc/docker/certs.d"
+[plugins."io.containerd.grpc.v1.cri".registry.configs."r.example".auth]
+  username = "u"
+  password = "p"
+''', source="t")
+    assert v2.images.registry.config_path == ("/etc/containerd/certs.d", "/etc/docker/certs.d")
+    assert v2.images.max_concurrent_downloads == 5
+    assert v2.images.registry.credentials("r.example").username == "u"
+    v3 = config.parse('''version = 3
+[plugins."io.containerd.cri.v1.images".registry.mirrors."docker.io"]
+  endpoint = ["http://127.0.0.1:5000"]
+''', source="t")
+    assert [h.url for h in v3.images.registry.hosts("docker.io")][0] == "http://127.0.0.1:5000/v2"
+
+
+@pytest.mark.parametrize("text, words", [
+    ('[plugins."io.containerd.grpc.v1.cri".registry]\nconfig_path = "/x"\n'
+     '[plugins."io.containerd.grpc.v1.cri".registry.mirrors."docker.io"]\nendpoint = ["http://m"]\n',
+     "`mirrors` cannot be set together with `config_path`"),
+    ('[plugins."io.containerd.grpc.v1.cri".registry.mirrors."docker.io"]\nendpoint = "http://m"\n',
+     'registry.mirrors."docker.io".endpoint must be a list of strings'),
+    ('[plugins."io.containerd.grpc.v1.cri"]\nmax_concurrent_downloads = 0\n', "must be >= 1"),
+])
+def test_bad_registry_settings(text: str, words: str) -> None:
+    with pytest.raises(ConfigFileError) as exc:
+        config.parse(text, source="bad.toml")
+    assert words in str(exc.value)

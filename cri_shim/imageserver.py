@@ -1,0 +1,122 @@
+"""The CRI ImageService: a thin servicer over ``images.ImageService``.
+
+As containerd's CRI plugin: ``PullImage`` answers the image id (the config digest) as
+``image_ref``, which kubelet passes to CreateContainer; ``ImageStatus`` of an unknown
+image is an empty answer, not an error; ``RemoveImage`` of an unknown image is OK;
+``uid``/``username`` come from the config's ``User`` up to the first ``:`` (a number is
+a uid); verbose ``info`` holds ``{"chainID", "imageSpec"}``; ``ImageFsInfo`` reports the
+bytes and inodes the image store really uses, at the snapshots' directory.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Any
+
+from images.hosts import Credentials, decode_auth
+from images.reference import parse
+from images.service import ImageService
+from images.store import ImageRecord
+
+from .api import api_pb2 as pb
+from .api import api_pb2_grpc as pb_grpc
+from .errors import InvalidArgument
+from .rpc import answer_unimplemented, rpc
+
+__all__ = ["ImageServicer", "credentials"]
+
+PINNED_LABEL = "io.cri-containerd.pinned"
+
+
+def credentials(auth: pb.AuthConfig, registry: str, service: ImageService) -> Credentials:
+    """``PullImageRequest.auth`` as containerd reads it (``ParseAuth``): username and
+    password; else the identity token; else base64 ``auth``; a registry token as it is.
+    Without any, the registry table's ``configs."<host>".auth``."""
+    if auth.server_address:
+        host = auth.server_address.split("://")[-1].split("/")[0]
+        if host not in (registry, f"index.{registry}", "registry-1.docker.io") and \
+                not (registry == "docker.io" and host in ("index.docker.io", "docker.io")):
+            raise InvalidArgument(f"auth.server_address {auth.server_address!r} is not the "
+                                  f"image's registry {registry!r}")
+    if auth.username or auth.password:
+        return Credentials(auth.username, auth.password)
+    if auth.identity_token:
+        return Credentials(identity_token=auth.identity_token)
+    if auth.auth:
+        try:
+            user, password = decode_auth(auth.auth, "auth.auth")
+        except ValueError as exc:
+            raise InvalidArgument(str(exc)) from None
+        return Credentials(user, password)
+    if auth.registry_token:
+        return Credentials(registry_token=auth.registry_token)
+    return service.client.config.credentials(registry)
+
+
+class ImageServicer(pb_grpc.ImageServiceServicer):
+    def __init__(self, service: ImageService) -> None:
+        self.service = service
+
+    @rpc
+    def PullImage(self, request: pb.PullImageRequest, context: Any) -> pb.PullImageResponse:
+        ref = parse(request.image.image)
+        creds = credentials(request.auth, ref.domain, self.service)
+        rec = self.service.pull(request.image.image, creds)
+        return pb.PullImageResponse(image_ref=rec.id)
+
+    @rpc
+    def ImageStatus(self, request: pb.ImageStatusRequest, context: Any) -> pb.ImageStatusResponse:
+        rec = self._find(request.image.image)
+        if rec is None:
+            return pb.ImageStatusResponse()
+        reply = pb.ImageStatusResponse(image=self._image(rec))
+        if request.verbose:
+            config = self.service.config(rec)
+            reply.info["info"] = json.dumps({"chainID": rec.chain_id, "imageSpec": config.raw})
+        return reply
+
+    @rpc
+    def ListImages(self, request: pb.ListImagesRequest, context: Any) -> pb.ListImagesResponse:
+        wanted = request.filter.image.image if request.HasField("filter") else ""
+        if wanted:
+            rec = self._find(wanted)
+            return pb.ListImagesResponse(images=[self._image(rec)] if rec else [])
+        return pb.ListImagesResponse(images=[self._image(r) for r in self.service.list()])
+
+    @rpc
+    def RemoveImage(self, request: pb.RemoveImageRequest, context: Any) -> pb.RemoveImageResponse:
+        if not request.image.image:
+            raise InvalidArgument("RemoveImageRequest.image.image is required")
+        self.service.remove(request.image.image)
+        return pb.RemoveImageResponse()
+
+    @rpc
+    def ImageFsInfo(self, request: Any, context: Any) -> pb.ImageFsInfoResponse:
+        used, inodes = self.service.usage()
+        usage = pb.FilesystemUsage(
+            timestamp=time.time_ns(),
+            fs_id=pb.FilesystemIdentifier(mountpoint=self.service.snapshots.root),
+            used_bytes=pb.UInt64Value(value=used), inodes_used=pb.UInt64Value(value=inodes))
+        return pb.ImageFsInfoResponse(image_filesystems=[usage])
+
+    def _find(self, text: str) -> ImageRecord | None:
+        if not text:
+            raise InvalidArgument("ImageSpec.image is required")
+        return self.service.find(text)
+
+    def _image(self, rec: ImageRecord) -> pb.Image:
+        config = self.service.config(rec)
+        image = pb.Image(id=rec.id, repo_tags=rec.repo_tags, repo_digests=rec.repo_digests,
+                         size=rec.size, pinned=rec.pinned or
+                         config.labels.get(PINNED_LABEL) == "pinned",
+                         spec=pb.ImageSpec(image=rec.id))
+        user = config.user.split(":", 1)[0]
+        if user.isdigit():
+            image.uid.value = int(user)
+        elif user:
+            image.username = user
+        return image
+
+
+answer_unimplemented(ImageServicer, "ImageService")

@@ -1,0 +1,86 @@
+"""What every CRI method shares: the call's log line, the one error mapping, the
+client's deadline, and UNIMPLEMENTED for the methods a servicer does not have."""
+
+from __future__ import annotations
+
+import functools
+import logging
+import time
+from typing import Any, Callable
+
+import grpc
+
+from .api import api_pb2 as pb
+from .errors import grpc_status, is_bug
+
+__all__ = ["RUNTIME_NAME", "rpc", "deadline", "answer_unimplemented"]
+
+log = logging.getLogger("cri_shim.server")
+
+RUNTIME_NAME = "cri-shim"
+
+
+def rpc(method: Callable[..., Any]) -> Callable[..., Any]:
+    """Log the call and map any exception to its gRPC status, in one place."""
+    name = method.__name__
+
+    @functools.wraps(method)
+    def wrapper(self: Any, request: Any, context: grpc.ServicerContext) -> Any:
+        start = time.perf_counter()
+        sandbox = getattr(request, "pod_sandbox_id", "")
+        try:
+            reply = method(self, request, context)
+        except Exception as exc:
+            code, message = grpc_status(exc)
+            bug = is_bug(exc)   # only a bug earns a traceback
+            level = logging.ERROR if bug or code == grpc.StatusCode.INTERNAL else logging.INFO
+            log.log(level, "cri %s sandbox=%s code=%s duration_ms=%.1f error=%s", name,
+                    sandbox[:12] or "-", code.name, (time.perf_counter() - start) * 1e3, message,
+                    exc_info=bug)
+            context.abort(code, _fit_trailer(message))
+        log.info("cri %s sandbox=%s code=OK duration_ms=%.1f", name,
+                 (sandbox or getattr(reply, "pod_sandbox_id", ""))[:12] or "-",
+                 (time.perf_counter() - start) * 1e3)
+        return reply
+
+    return wrapper
+
+
+_MAX_MESSAGE = 4096   # bytes: grpc-message travels in a trailer (8 KiB of metadata)
+
+
+def _fit_trailer(message: str) -> str:
+    """*message*, cut in the middle if it would not fit a status trailer (a plugin's
+    whole stderr can be in it, as libcni puts it there); the log keeps all of it."""
+    data = message.encode()
+    if len(data) <= _MAX_MESSAGE:
+        return message
+    keep = (_MAX_MESSAGE - 64) // 2   # the note below is shorter than 64 bytes
+    note = f" ... [{len(data) - 2 * keep} bytes cut] ... "
+    return (data[:keep].decode("utf-8", "ignore") + note
+            + data[-keep:].decode("utf-8", "ignore"))
+
+
+def deadline(context: Any) -> float | None:
+    """The client's deadline as a ``time.monotonic()`` value (None: it set none)."""
+    remaining = context.time_remaining()
+    return None if remaining is None else time.monotonic() + remaining
+
+
+def answer_unimplemented(servicer: type, service: str) -> None:
+    """Give *servicer* a method answering UNIMPLEMENTED, naming itself, for every method
+    of ``runtime.v1.<service>`` it does not define (the generated base classes would
+    say "Method not implemented!")."""
+    full = f"runtime.v1.{service}"
+    for method in pb.DESCRIPTOR.services_by_name[service].methods_by_name:
+        if method not in servicer.__dict__:
+            setattr(servicer, method, _not_implemented(full, method))
+
+
+def _not_implemented(service: str, method: str) -> Callable[..., Any]:
+    def handler(self: Any, request: Any, context: grpc.ServicerContext) -> Any:
+        log.info("cri %s code=UNIMPLEMENTED", method)
+        context.abort(grpc.StatusCode.UNIMPLEMENTED,
+                      f"/{service}/{method} is not implemented by {RUNTIME_NAME}")
+    handler.__name__ = method
+    return handler
