@@ -3,6 +3,9 @@ without crictl. Output follows crictl's.
 
     cri-shim ctl [-r unix:///path.sock] version | info | runp FILE | inspectp ID |
                  stopp ID... | rmp [-f] ID... | pods [--id ID] [--state S] [--label K=V] [-q]
+
+and the image commands of ``cri_shim.ctlimages`` (pull, images, inspecti, rmi,
+imagefsinfo, import).
 """
 
 from __future__ import annotations
@@ -18,6 +21,8 @@ import grpc
 import yaml
 from google.protobuf import json_format
 
+from . import ctlimages
+from .api import admin_pb2_grpc
 from .api import api_pb2 as pb
 from .api import api_pb2_grpc as pb_grpc
 
@@ -68,6 +73,7 @@ def main(argv: list[str] | None = None) -> int:
     pods.add_argument("--label", action="append", default=[], metavar="K=V")
     pods.add_argument("-q", "--quiet", action="store_true", help="ids only")
     pods.add_argument("-o", "--output", choices=["table", "json"], default="table")
+    ctlimages.add_parsers(sub)
     args = p.parse_args(argv)
 
     target = args.runtime_endpoint
@@ -88,6 +94,8 @@ def main(argv: list[str] | None = None) -> int:
 class _Client:
     def __init__(self, channel: grpc.Channel, timeout: float) -> None:
         self.runtime = pb_grpc.RuntimeServiceStub(channel)
+        self.image = pb_grpc.ImageServiceStub(channel)
+        self.admin = admin_pb2_grpc.AdminStub(channel)
         self.timeout = timeout
 
     def __getattr__(self, name: str) -> Any:
@@ -200,4 +208,4 @@ def _maybe_json(value: str) -> Any:
 
 
 _COMMANDS = {"version": _version, "info": _info, "runp": _runp, "inspectp": _inspectp,
-             "stopp": _stopp, "rmp": _rmp, "pods": _pods}
+             "stopp": _stopp, "rmp": _rmp, "pods": _pods, **ctlimages.COMMANDS}

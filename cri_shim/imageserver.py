@@ -19,12 +19,14 @@ from images.reference import parse
 from images.service import ImageService
 from images.store import ImageRecord
 
+from .api import admin_pb2 as admin
+from .api import admin_pb2_grpc as admin_grpc
 from .api import api_pb2 as pb
 from .api import api_pb2_grpc as pb_grpc
 from .errors import InvalidArgument
 from .rpc import answer_unimplemented, rpc
 
-__all__ = ["ImageServicer", "credentials"]
+__all__ = ["ImageServicer", "AdminServicer", "credentials"]
 
 PINNED_LABEL = "io.cri-containerd.pinned"
 
@@ -120,3 +122,26 @@ class ImageServicer(pb_grpc.ImageServiceServicer):
 
 
 answer_unimplemented(ImageServicer, "ImageService")
+
+
+class AdminServicer(admin_grpc.AdminServicer):
+    """cri-shim's own service beside the CRI (``proto/cri_shim/api/admin.proto``)."""
+
+    def __init__(self, service: ImageService) -> None:
+        self.service = service
+
+    @rpc
+    def ImportImages(self, request: admin.ImportImagesRequest, context: Any) -> admin.ImportImagesResponse:
+        if not request.path:
+            raise InvalidArgument("ImportImagesRequest.path is required")
+        records = self.service.import_archive(request.path)
+        return admin.ImportImagesResponse(images=[
+            admin.ImportedImage(id=r.id, repo_tags=r.repo_tags) for r in records])
+
+    @rpc
+    def PullProgress(self, request: Any, context: Any) -> admin.PullProgressResponse:
+        now = time.monotonic()
+        return admin.PullProgressResponse(pulls=[
+            admin.Pull(reference=p.reference, total_bytes=p.total_bytes, done_bytes=p.done_bytes,
+                       layers=p.layers, layers_done=p.layers_done, seconds=now - p.started)
+            for p in self.service.progress()])

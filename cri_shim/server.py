@@ -213,13 +213,15 @@ def prepare_socket(path: str) -> None:
         probe.close()
 
 
-def build_server(runtime: CRIServicer, images: pb_grpc.ImageServiceServicer, address: str, *,
+def build_server(runtime: CRIServicer, images: Any, admin: Any, address: str, *,
                  max_workers: int = 64) -> grpc.Server:
+    from .api import admin_pb2_grpc
     prepare_socket(address)
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="cri"),
                          options=[("grpc.so_reuseport", 0)])
     pb_grpc.add_RuntimeServiceServicer_to_server(runtime, server)
     pb_grpc.add_ImageServiceServicer_to_server(images, server)
+    admin_pb2_grpc.add_AdminServicer_to_server(admin, server)
     server.add_insecure_port(f"unix://{address}")
     return server
 
@@ -227,8 +229,9 @@ def build_server(runtime: CRIServicer, images: pb_grpc.ImageServiceServicer, add
 def serve(manager: SandboxManager, image_service: ImageService, address: str,
           stop: threading.Event) -> None:
     """Serve until *stop* is set; pods are left as they are."""
-    from .imageserver import ImageServicer
-    server = build_server(CRIServicer(manager, image_service), ImageServicer(image_service), address)
+    from .imageserver import AdminServicer, ImageServicer
+    server = build_server(CRIServicer(manager, image_service), ImageServicer(image_service),
+                          AdminServicer(image_service), address)
     server.start()
     os.chmod(address, 0o660)
     log.info("cri-shim %s serving CRI on unix://%s", __version__, address)

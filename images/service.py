@@ -27,7 +27,7 @@ from collections import Counter
 from collections.abc import Callable, Iterable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 from .content import ContentStore
 from .errors import ImageError, InvalidContent, StorageError
@@ -40,7 +40,7 @@ from .snapshots import Snapshots, chain_ids
 from .store import ImageRecord, ImageStore
 from .unpack import unpack_layer
 
-__all__ = ["ImageService", "PullProgress"]
+__all__ = ["ImageService", "PullProgress", "Source", "RegistrySource"]
 
 log = logging.getLogger(__name__)
 
@@ -85,22 +85,24 @@ class ImageService:
         """Pull *reference* (Docker's grammar); returns the image's record. Raises an
         ``ImageError`` (nothing half-pulled is listed then)."""
         ref = parse(reference)
-        return self._once(f"pull {ref}", lambda: self._pull(ref, creds))
+        source = RegistrySource(self.client, ref, creds)
+        return self._once(f"pull {ref}", lambda: self.materialize(ref, source))
 
-    def _pull(self, ref: Reference, creds: Credentials) -> ImageRecord:
+    def materialize(self, ref: Reference, source: "Source") -> ImageRecord:
+        """Make the image *source* has for *ref* (a registry, an archive) present and
+        named *ref*; what ``pull`` and ``import`` share."""
         progress = PullProgress(str(ref))
         key = id(progress)
         with self._lock:
             self._progress[key] = progress
         leased: list[str] = []
         try:
-            resolved = self.client.resolve(ref, creds)
-            top = resolved.descriptor
+            top = source.resolve()
             self._lease(leased, [top.digest])
             index = None
             manifest_desc = top
             for _ in range(3):   # an index, maybe an index of indexes, then the manifest
-                data = self._manifest_bytes(ref, manifest_desc, creds)
+                data = self._manifest_bytes(source, manifest_desc)
                 if not _is_index(manifest_desc.media_type, data):
                     break
                 index = index or manifest_desc
@@ -110,14 +112,14 @@ class ImageService:
                 raise InvalidContent(f"{ref}: indexes nested more than twice")
             manifest = parse_manifest(data, manifest_desc.media_type, f"{ref} manifest")
             self._lease(leased, [manifest.config.digest, *[d.digest for d in manifest.layers]])
-            config_bytes = self._blob_bytes(ref, manifest.config, creds)
+            config_bytes = self._blob_bytes(source, manifest.config)
             config = parse_config(config_bytes, f"{ref} config {manifest.config.digest}")
             if len(config.diff_ids) != len(manifest.layers):
                 raise InvalidContent(f"{ref}: the manifest has {len(manifest.layers)} layers, the "
                                      f"config {len(config.diff_ids)} diff_ids")
             chains = chain_ids(config.diff_ids)
             self._lease(leased, chains)
-            self._layers(ref, manifest.layers, config.diff_ids, chains, creds, progress)
+            self._layers(ref, source, manifest.layers, config.diff_ids, chains, progress)
             size = manifest_desc.size + manifest.config.size + sum(d.size for d in manifest.layers)
             rec = ImageRecord(id=manifest.config.digest, manifest=Descriptor(
                 manifest.media_type, manifest_desc.digest, manifest_desc.size),
@@ -126,7 +128,7 @@ class ImageService:
                 chain_id=chains[-1] if chains else "", size=size + (index.size if index else 0),
                 created_at=self._clock())
             with self._gc_lock:
-                stored = self.store.add(rec, ref)
+                stored = self.store.add(rec, ref) if ref is not _UNNAMED else self.store.add_unnamed(rec)
                 self._usage = None
             log.info("pulled %s: image %s, %d layers, %d bytes", ref, rec.id[:19],
                      len(manifest.layers), rec.size)
@@ -136,37 +138,55 @@ class ImageService:
             with self._lock:
                 self._progress.pop(key, None)
 
-    def _manifest_bytes(self, ref: Reference, desc: Descriptor, creds: Credentials) -> bytes:
+    def import_archive(self, path: str) -> list[ImageRecord]:
+        """Load every image of the archive *path* (OCI layout tar, or docker save);
+        returns their records. An image the archive does not name gets no name but its
+        id. Raises ``InvalidArchive`` and the pull errors."""
+        import tarfile
+
+        from .archive import images_in
+        from .errors import InvalidArchive
+        try:
+            tf = tarfile.open(path, "r:*")
+        except (OSError, tarfile.TarError) as exc:
+            raise InvalidArchive(f"{path}: cannot open the archive: {exc}") from None
+        with tf:
+            records = []
+            for ref, source in images_in(tf, path):
+                records.append(self.materialize(ref or _UNNAMED, source))
+        return records
+
+    def _manifest_bytes(self, source: "Source", desc: Descriptor) -> bytes:
         if self.content.has(desc.digest):
             return self.content.read(desc.digest)
 
         def fetch() -> bytes:
-            data = self.client.fetch_manifest(ref, desc, creds)
-            self.content.put(data, desc.digest, f"{ref} manifest {desc.digest}")
+            data = source.manifest(desc)
+            self.content.put(data, desc.digest, f"{source.name} manifest {desc.digest}")
             return data
         return self._once(f"blob {desc.digest}", fetch)
 
-    def _blob_bytes(self, ref: Reference, desc: Descriptor, creds: Credentials) -> bytes:
+    def _blob_bytes(self, source: "Source", desc: Descriptor) -> bytes:
         if not self.content.has(desc.digest):
-            self._download(ref, desc, creds, None)
+            self._download(source, desc, None)
         return self.content.read(desc.digest)
 
-    def _download(self, ref: Reference, desc: Descriptor, creds: Credentials,
-                  progress: PullProgress | None) -> None:
+    def _download(self, source: "Source", desc: Descriptor, progress: PullProgress | None) -> None:
         def fetch() -> None:
             if self.content.has(desc.digest):
                 return
-            with self.content.writer(desc.digest, desc.size, f"{ref} blob {desc.digest}") as w:
+            with self.content.writer(desc.digest, desc.size,
+                                     f"{source.name} blob {desc.digest}") as w:
                 def write(chunk: bytes) -> None:
                     w.write(chunk)
                     if progress is not None:
                         progress.done_bytes += len(chunk)
-                self.client.fetch_blob(ref, desc, write, creds)
+                source.blob(desc, write)
                 w.commit()
         self._once(f"blob {desc.digest}", fetch)
 
-    def _layers(self, ref: Reference, layers: tuple[Descriptor, ...], diff_ids: tuple[str, ...],
-                chains: list[str], creds: Credentials, progress: PullProgress) -> None:
+    def _layers(self, ref: Reference, source: "Source", layers: tuple[Descriptor, ...],
+                diff_ids: tuple[str, ...], chains: list[str], progress: PullProgress) -> None:
         missing = [i for i, c in enumerate(chains) if not self.snapshots.exists(c)]
         progress.layers = len(missing)
         progress.total_bytes = sum(layers[i].size for i in missing
@@ -184,7 +204,7 @@ class ImageService:
         def one(i: int) -> None:
             try:
                 layer = layers[i]
-                self._download(ref, layer, creds, progress)
+                self._download(source, layer, progress)
                 self._once(f"snapshot {chains[i]}", lambda: self._unpack(
                     ref, i, layer, diff_ids[i], chains, lower(i)))
                 progress.layers_done += 1
@@ -352,6 +372,36 @@ class ImageService:
 
     def close(self) -> None:
         self._pool.shutdown(wait=False, cancel_futures=True)
+
+
+# An archive's image without a name: recorded by id only.
+_UNNAMED = Reference("docker.io", "import/unnamed")
+
+
+class Source(Protocol):
+    """Where an image comes from: a registry, an archive."""
+
+    name: str
+
+    def resolve(self) -> Descriptor: ...
+    def manifest(self, desc: Descriptor) -> bytes: ...
+    def blob(self, desc: Descriptor, write: Callable[[bytes], None]) -> None: ...
+
+
+class RegistrySource:
+    """The image of *ref* in its registry."""
+
+    def __init__(self, client: RegistryClient, ref: Reference, creds: Credentials) -> None:
+        self.client, self.ref, self.creds, self.name = client, ref, creds, str(ref)
+
+    def resolve(self) -> Descriptor:
+        return self.client.resolve(self.ref, self.creds).descriptor
+
+    def manifest(self, desc: Descriptor) -> bytes:
+        return self.client.fetch_manifest(self.ref, desc, self.creds)
+
+    def blob(self, desc: Descriptor, write: Callable[[bytes], None]) -> None:
+        self.client.fetch_blob(self.ref, desc, write, self.creds)
 
 
 def _is_index(media_type: str, data: bytes) -> bool:

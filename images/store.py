@@ -194,6 +194,15 @@ class ImageStore:
                 self._refs[name] = merged.id
             return merged
 
+    def add_unnamed(self, rec: ImageRecord) -> ImageRecord:
+        """Record *rec* with no names (an archive's unnamed image); keeps existing names."""
+        with self._lock:
+            current = self._images.get(rec.id)
+            stored = current or rec
+            self._write(stored)
+            self._images[rec.id] = stored
+            return stored
+
     def untag(self, rec: ImageRecord, name: str) -> ImageRecord:
         """Remove one reference of *rec*; returns the record as it is now."""
         with self._lock:
