@@ -77,7 +77,7 @@ class RegistryClient:
         self.config = config
         self._timeout = urllib3.Timeout(connect=connect_timeout, read=read_timeout)
         self._pools: dict[RegistryHost, urllib3.PoolManager] = {}
-        self._tokens: dict[tuple[str, str], tuple[str, float]] = {}   # (host, scope)
+        self._tokens: dict[tuple[str, str, str], tuple[str, float]] = {}   # see _token_key
         self._lock = threading.Lock()
 
     # -- the API --------------------------------------------------------------------
@@ -202,7 +202,8 @@ class RegistryClient:
         base = {"User-Agent": USER_AGENT, **{k: ", ".join(v) for k, v in host.headers.items()},
                 **headers}
         auth = self._cached_auth(host, scope, creds)
-        for redirect in range(MAX_REDIRECTS + 1):
+        fresh = False   # whether auth was made for this request (not from the cache)
+        for redirect in range(MAX_REDIRECTS + 2):
             same_host = urlsplit(url).netloc == host.host
             send = dict(base, **({"Authorization": auth} if auth and same_host else {}))
             try:
@@ -210,10 +211,10 @@ class RegistryClient:
                                                 preload_content=False, decode_content=False)
             except (urllib3.exceptions.HTTPError, OSError, ssl.SSLError) as exc:
                 raise _Failure(_TRANSPORT, f"{urlsplit(url).netloc}: {_reason(exc)}") from None
-            if resp.status == 401 and same_host and auth is None:
+            if resp.status == 401 and same_host and not fresh:
                 challenge = resp.headers.get("WWW-Authenticate", "")
                 _drain(resp)
-                auth = self._authorize(host, challenge, scope, creds)
+                auth, fresh = self._authorize(host, challenge, scope, creds), True
                 continue
             if resp.status in (301, 302, 303, 307, 308) and resp.headers.get("Location"):
                 _drain(resp)
@@ -237,7 +238,7 @@ class RegistryClient:
 
     def _cached_auth(self, host: RegistryHost, scope: str, creds: Credentials) -> str | None:
         with self._lock:
-            token = self._tokens.get((host.host, scope))
+            token = self._tokens.get(_token_key(host, scope, creds))
         if token and token[1] > time.monotonic():
             return token[0]
         return None
@@ -259,7 +260,7 @@ class RegistryClient:
         else:
             raise _Failure(_AUTH, f"{host.host} asks for unsupported authorization {challenge!r}")
         with self._lock:
-            self._tokens[(host.host, scope)] = (value, expires)
+            self._tokens[_token_key(host, scope, creds)] = (value, expires)
         return value
 
     def _fetch_token(self, host: RegistryHost, params: dict[str, str], scope: str,
@@ -311,6 +312,13 @@ class RegistryClient:
         except (urllib3.exceptions.HTTPError, OSError) as exc:
             raise _Failure(_TRANSPORT, f"token service {urlsplit(url).netloc}: {_reason(exc)}") from None
         return resp.status, resp.data
+
+
+def _token_key(host: RegistryHost, scope: str, creds: Credentials) -> tuple[str, str, str]:
+    """Tokens are cached per host, scope and credentials (a hash of them): a pull with
+    other credentials never gets another's token."""
+    who = hashlib.sha256(repr(creds).encode()).hexdigest()
+    return host.host, scope, who
 
 
 _CHALLENGE_PARAM = re.compile(r'(\w+)\s*=\s*(?:"((?:[^"\\]|\\.)*)"|([^,\s]*))')
