@@ -34,6 +34,10 @@ class Sizes:
     soak_rounds: int = 2                   # scale: fill and empty again, RSS each time
     soak_pods: int = 250
     flannel_pairs: int = 40
+    image_layers: int = 5                  # images: the pulled image (issue 10: 50 MB, 5 layers)
+    image_layer_mib: int = 10
+    image_rounds: int = 5                  # images: interleaved pull / skopeo+umoci rounds
+    image_repulls: int = 20                # images: pulls of the image already present
 
     @classmethod
     def quick(cls, pods: int = 40) -> "Sizes":
@@ -42,7 +46,8 @@ class Sizes:
                    conc_threads=(1, 8, 32), scale_steps=(0, n, 4 * n),
                    scale_runs=max(3, n // 4), scale_status=max(10, n), scale_lists=max(3, n // 4),
                    soak_rounds=2, soak_pods=n,
-                   flannel_pairs=max(3, n // 2))
+                   flannel_pairs=max(3, n // 2), image_layers=2, image_layer_mib=2,
+                   image_rounds=2, image_repulls=5)
 
 
 @dataclass

@@ -157,6 +157,16 @@ def rows(results: dict[str, Any]) -> list[Row]:
                            _ms(fl["flannel_version_exec"]["median_ms"])))
         elif "reason" in fl:
             out.append(Row("flannel plugin", f"not available yet: {fl['reason']}", "<= 25 ms", None))
+    im = results.get("images")
+    if im and "pull" in im:
+        out += [
+            Row(f"PullImage ({im['image_mib']} MiB, {im['layers']} layers) / skopeo copy + umoci unpack",
+                f"{_x(im['ratio'])} ({_ms(im['pull']['median_ms'])} vs "
+                f"{_ms(im['skopeo_umoci']['median_ms'])})", "<= 1.00x",
+                _check(im["ratio"], lambda v: v <= 1.0)),
+            Row("PullImage of an image already present, median", _ms(im["repull"]["median_ms"]),
+                "<= 10 ms", _check(im["repull"]["median_ms"], lambda v: v <= 10.0)),
+        ]
     for part, res in results.items():
         if isinstance(res, dict) and res.get("error"):
             out.append(Row(f"{part} part", f"FAILED: {res['error']}", "runs", False))

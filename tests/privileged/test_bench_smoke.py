@@ -65,6 +65,10 @@ def test_bench_quick_smoke(tmp_path: Path) -> None:
     assert {"flannel_add", "delegate_add", "flannel_del", "delegate_del",
             "added_add_median_ms"} <= set(flannel)
 
+    images = doc["images"]
+    assert images["pull"]["median_ms"] > 0 and images["skopeo_umoci"]["median_ms"] > 0
+    assert images["repull"]["median_ms"] > 0 and images["ratio"] > 0
+
     assert doc["leftovers"] == {}
     assert all({"metric", "value", "target", "ok"} <= set(row) for row in doc["table"])
     # The supervisor removed its node namespace.
