@@ -12,11 +12,11 @@ record; ``remove`` removes one.
 
 from __future__ import annotations
 
+import ctypes
 import hashlib
 import os
 import secrets
 import shutil
-import stat
 from collections.abc import Iterator
 
 from .digest import parse_digest
@@ -36,6 +36,19 @@ def chain_ids(diff_ids: list[str] | tuple[str, ...]) -> list[str]:
     return out
 
 
+_libc = ctypes.CDLL(None, use_errno=True)
+
+
+def _syncfs(path: str) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        if _libc.syncfs(fd) != 0:
+            err = ctypes.get_errno()
+            raise OSError(err, os.strerror(err), path)
+    finally:
+        os.close(fd)
+
+
 class Prepared:
     """A snapshot being unpacked: ``fs`` is the empty directory to fill."""
 
@@ -49,7 +62,9 @@ class Prepared:
             raise StorageError(f"cannot make {self.fs}", exc.errno) from exc
 
     def commit(self) -> None:
-        """Publish it (another pull may have published the same chain meanwhile)."""
+        """Publish it (another pull may have published the same chain meanwhile). The
+        unpacked files are flushed to disk first (``syncfs``): a snapshot is trusted by
+        its name ever after, so it must not be named before it is whole."""
         try:
             with open(os.path.join(self.dir, "parent"), "w") as f:
                 f.write(self.parent)
@@ -57,6 +72,7 @@ class Prepared:
             if os.path.isdir(final):
                 self.abort()
                 return
+            _syncfs(self.dir)
             os.rename(self.dir, final)
         except OSError as exc:
             self.abort()
@@ -96,18 +112,6 @@ class Snapshots:
             dirs.append(self.fs(chain_id))
             chain_id = self.parent(chain_id)
         return dirs
-
-    def lookup(self, chain_id: str, rel: str) -> str | None:
-        """The file *rel* as the chain shows it (top layer first; a whiteout or an
-        opaque directory hides what is below), or None."""
-        for fs in self.lowerdirs(chain_id) if chain_id else ():
-            path = os.path.join(fs, rel)
-            if os.path.lexists(path):
-                st = os.lstat(path)
-                if stat.S_ISCHR(st.st_mode) and st.st_rdev == 0:
-                    return None   # a whiteout
-                return path
-        return None
 
     def remove(self, chain_id: str) -> None:
         path = self.dir(chain_id)

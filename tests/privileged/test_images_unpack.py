@@ -57,7 +57,7 @@ def tar(*entries: tuple) -> bytes:
 
 
 def unpack(tmp: Path, data: bytes, compression: str = "", diff_id: str | None = None,
-           lower=lambda rel: None) -> Path:
+           lowers: tuple[Path, ...] = ()) -> Path:
     blob = tmp / f"blob-{hashlib.sha256(data).hexdigest()[:8]}"
     body = data
     if compression == "gzip":
@@ -68,7 +68,8 @@ def unpack(tmp: Path, data: bytes, compression: str = "", diff_id: str | None = 
     target = tmp / f"fs-{blob.name}"
     target.mkdir()
     unpack_layer(str(blob), compression, str(target), layer="L",
-                 diff_id=diff_id or "sha256:" + hashlib.sha256(data).hexdigest(), lower=lower)
+                 diff_id=diff_id or "sha256:" + hashlib.sha256(data).hexdigest(),
+                 lowers=lambda: [str(p) for p in lowers])
     return target
 
 
@@ -153,11 +154,103 @@ def test_entries_that_would_escape_are_refused(tmp_path: Path, entries: tuple, w
 
 
 def test_hard_link_to_a_lower_layer_is_copied(tmp_path: Path) -> None:
-    base = tmp_path / "lower-file"
-    base.write_bytes(b"from below")
-    fs = unpack(tmp_path, tar(("bin", "dir"), ("bin/x", "hard", "usr/bin/x")),
-                lower=lambda rel: str(base) if rel == "usr/bin/x" else None)
+    lower = unpack(tmp_path, tar(("usr/bin", "dir"), ("usr/bin/x", "file", b"from below",
+                                                        0o4755, 1000, 50, {"user.k": "v"})))
+    fs = unpack(tmp_path, tar(("bin", "dir"), ("bin/x", "hard", "usr/bin/x")), lowers=(lower,))
     assert (fs / "bin/x").read_bytes() == b"from below"
+    st = os.lstat(fs / "bin/x")   # the owner kept, so setuid stays the user's, not root's
+    assert (st.st_uid, st.st_gid, stat.S_IMODE(st.st_mode)) == (1000, 50, 0o4755)
+    assert os.getxattr(fs / "bin/x", "user.k") == b"v"
+    assert st.st_ino != os.lstat(lower / "usr/bin/x").st_ino
+
+
+def test_hard_link_to_a_lower_device_makes_a_node_and_never_reads_it(tmp_path: Path) -> None:
+    lower = unpack(tmp_path, tar(("dev/zero", "chr", 1, 5)))
+    fs = unpack(tmp_path, tar(("z", "hard", "dev/zero")), lowers=(lower,))
+    st = os.lstat(fs / "z")
+    assert stat.S_ISCHR(st.st_mode) and st.st_rdev == os.makedev(1, 5)
+
+
+def test_hard_link_through_a_lower_symlink_is_refused(tmp_path: Path) -> None:
+    """The lower layer's ``up -> <outside>``: its target's files are never copied in."""
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "secret").write_bytes(b"host secret")
+    lower = unpack(tmp_path, tar(("up", "sym", str(outside))))
+    with pytest.raises(UnsafeLayer, match="not in this layer or below"):
+        unpack(tmp_path, tar(("x", "hard", "up/secret")), lowers=(lower,))
+    assert not any(p.name == "x" and p.is_file() for p in tmp_path.rglob("x"))
+
+
+@pytest.mark.parametrize("middle", [
+    (("a/.wh.f", "file", b""),),                      # the file was deleted
+    (("a/.wh..wh..opq", "file", b""),),               # its directory made opaque
+    ((".wh.a", "file", b""),),                        # its directory deleted
+    (("a", "file", b"now a file"),),                  # its directory replaced by a file
+])
+def test_hard_link_to_a_file_a_middle_layer_hides_is_refused(tmp_path: Path, middle: tuple) -> None:
+    bottom = unpack(tmp_path, tar(("a", "dir"), ("a/f", "file", b"old")))
+    (tmp_path / "m").mkdir()
+    mid = unpack(tmp_path / "m", tar(*middle))
+    with pytest.raises(UnsafeLayer, match="not in this layer or below"):
+        unpack(tmp_path, tar(("h", "hard", "a/f")), lowers=(mid, bottom))
+
+
+def test_a_directory_replaced_by_a_symlink_gets_none_of_its_metadata(tmp_path: Path) -> None:
+    """``d/`` then ``d/sub/`` (04777, uid 4242), then ``d -> <outside>``: the directories'
+    owner and mode are applied at the end, and must not land on the outside dir."""
+    outside = tmp_path / "outside"
+    (outside / "sub").mkdir(parents=True)
+    os.chmod(outside / "sub", 0o700)
+    ti_sub = ("d/sub", "dir", 0o4777)
+    layer = tar(("d", "dir", 0o755), ti_sub, ("d", "sym", str(outside)))
+    # tar() gives dirs uid 0; make the sub dir's owner someone else.
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=io.BytesIO(layer)) as src, \
+            tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT) as dst:
+        for ti in src.getmembers():
+            if ti.name == "d/sub":
+                ti.uid = 4242
+            dst.addfile(ti)
+    fs = unpack(tmp_path, buf.getvalue())
+    assert os.readlink(fs / "d") == str(outside)
+    st = os.lstat(outside / "sub")
+    assert (st.st_uid, stat.S_IMODE(st.st_mode)) == (0, 0o700)
+
+
+@pytest.mark.parametrize("name", [".wh.", ".wh..", ".wh...", "a/.wh...", ".wh..wh.x"])
+def test_whiteouts_that_name_no_file_are_refused(tmp_path: Path, name: str) -> None:
+    with pytest.raises(UnsafeLayer, match="names no file"):
+        unpack(tmp_path, tar(("a", "dir"), ("a/keep", "file", b"k"), (name, "file", b"")))
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith("fs-")]   # still there
+
+
+def test_overlay_xattrs_in_a_layer_are_ignored_and_symlink_user_xattrs_skipped(tmp_path: Path) -> None:
+    fs = unpack(tmp_path, tar(
+        ("d", "dir"), ("d/f", "file", b"x", 0o644, 0, 0, {"trusted.overlay.redirect": "/etc",
+                                                          "trusted.overlay.metacopy": "",
+                                                          "user.note": "kept"})))
+    assert os.listxattr(fs / "d/f") == ["user.note"]
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT) as tf:
+        ti = tarfile.TarInfo("s")
+        ti.type, ti.linkname = tarfile.SYMTYPE, "target"
+        ti.pax_headers = {"SCHILY.xattr.user.x": "y"}
+        tf.addfile(ti)
+    fs = unpack(tmp_path, buf.getvalue())
+    assert os.readlink(fs / "s") == "target"
+
+
+def test_gzip_chunks_that_yield_nothing_are_not_the_end(tmp_path: Path) -> None:
+    """Over a MiB of empty gzip members, then the layer: a read that decompresses to
+    nothing is not a truncated stream."""
+    data = tar(("f", "file", b"payload"))
+    blob = tmp_path / "many-members"
+    blob.write_bytes(gzip.compress(b"", mtime=0) * 60_000 + gzip.compress(data))
+    (tmp_path / "t").mkdir()
+    unpack_layer(str(blob), "gzip", str(tmp_path / "t"), layer="L",
+                 diff_id="sha256:" + hashlib.sha256(data).hexdigest())
+    assert (tmp_path / "t/f").read_bytes() == b"payload"
 
 
 def test_corrupt_truncated_and_mismatched_layers(tmp_path: Path) -> None:
