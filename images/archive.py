@@ -12,7 +12,9 @@ Two formats, told apart by their contents:
 
 Each image is then pulled from the archive as from a registry (``ArchiveSource``), so
 digests and sizes are checked the same way. Member names are looked up, never
-extracted to a path: nothing in the archive decides where anything lands.
+extracted to a path: nothing in the archive decides where anything lands. The layers
+of an image are fetched side by side, but the archive is one file with one position:
+every read of it takes the archive's lock (``_Archive``).
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from __future__ import annotations
 import hashlib
 import json
 import tarfile
+import threading
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -35,13 +38,34 @@ _DOCKER_CONFIG = "application/vnd.docker.container.image.v1+json"
 _DOCKER_LAYER = "application/vnd.docker.image.rootfs.diff.tar"
 
 
+class _Archive:
+    """The opened archive and the lock its reads share (a TarFile member read seeks
+    the one underlying file)."""
+
+    def __init__(self, tf: tarfile.TarFile, path: str) -> None:
+        self.tf, self.path = tf, path
+        self.lock = threading.Lock()
+
+    def chunks(self, member: str) -> Iterator[bytes]:
+        with self.lock:
+            f = self.tf.extractfile(member)
+        if f is None:
+            raise InvalidArchive(f"{self.path}: {member} is not a file")
+        while True:
+            with self.lock:
+                chunk = f.read(_CHUNK)
+            if not chunk:
+                return
+            yield chunk
+
+
 class ArchiveSource:
     """One image of an opened archive, served as a registry would serve it."""
 
-    def __init__(self, tf: tarfile.TarFile, path: str, top: Descriptor,
-                 blobs: dict[str, str], made: dict[str, bytes]) -> None:
-        self.name = path
-        self._tf, self._top, self._blobs, self._made = tf, top, blobs, made
+    def __init__(self, archive: _Archive, top: Descriptor, blobs: dict[str, str],
+                 made: dict[str, bytes]) -> None:
+        self.name = archive.path
+        self._archive, self._top, self._blobs, self._made = archive, top, blobs, made
 
     def resolve(self) -> Descriptor:
         return self._top
@@ -59,33 +83,35 @@ class ArchiveSource:
         member = self._blobs.get(desc.digest)
         if member is None:
             raise ImageNotFound(f"{self.name}: the archive has no blob {desc.digest}")
-        f = self._tf.extractfile(member)
-        if f is None:
-            raise InvalidArchive(f"{self.name}: {member} is not a file")
-        while chunk := f.read(_CHUNK):
-            yield chunk
+        yield from self._archive.chunks(member)
 
 
 def images_in(tf: tarfile.TarFile, path: str) -> list[tuple[Reference | None, ArchiveSource]]:
     """The images of the opened archive *tf* (read from file *path*), with their names."""
     names = {m.name.lstrip("./"): m.name for m in tf.getmembers() if m.isfile()}
+    archive = _Archive(tf, path)
     if "index.json" in names and "oci-layout" in names:
-        return _oci(tf, path, names)
+        return _oci(archive, names)
     if "manifest.json" in names:
-        return _docker(tf, path, names)
+        return _docker(archive, names)
     raise InvalidArchive(f"{path}: neither an OCI layout (index.json, oci-layout) nor a "
                          "docker save archive (manifest.json)")
 
 
-def _json(tf: tarfile.TarFile, member: str, path: str) -> Any:
-    f = tf.extractfile(member)
+def _json(archive: _Archive, member: str) -> Any:
+    data = b""
+    for chunk in archive.chunks(member):
+        data += chunk
+        if len(data) > 8 << 20:
+            raise InvalidArchive(f"{archive.path}: {member} is larger than 8 MiB")
     try:
-        return json.loads(f.read(8 << 20)) if f else None
+        return json.loads(data)
     except ValueError as exc:
-        raise InvalidArchive(f"{path}: {member} is not JSON: {exc}") from None
+        raise InvalidArchive(f"{archive.path}: {member} is not JSON: {exc}") from None
 
 
-def _oci(tf: tarfile.TarFile, path: str, names: dict[str, str]) -> list:
+def _oci(archive: _Archive, names: dict[str, str]) -> list:
+    path = archive.path
     blobs = {}
     for name, member in names.items():
         if name.startswith("blobs/") and name.count("/") == 2:
@@ -95,7 +121,7 @@ def _oci(tf: tarfile.TarFile, path: str, names: dict[str, str]) -> list:
             except ValueError:
                 continue
             blobs[f"{algorithm}:{hex_}"] = member
-    index = _json(tf, names["index.json"], path)
+    index = _json(archive, names["index.json"])
     if not isinstance(index, dict) or not isinstance(index.get("manifests"), list):
         raise InvalidArchive(f"{path}: index.json has no manifests list")
     out = []
@@ -111,20 +137,17 @@ def _oci(tf: tarfile.TarFile, path: str, names: dict[str, str]) -> list:
         ref = None
         if name:
             try:
-                ref = parse(name) if ("/" in name or ":" in name) else parse(f"import/{path_tag(name)}")
+                # A bare ref.name (``latest``) names docker.io/import/image:<it>.
+                ref = parse(name) if ("/" in name or ":" in name) else parse(f"import/image:{name}")
             except ValueError as exc:
                 raise InvalidArchive(f"{path}: image name {name!r}: {exc}") from None
-        out.append((ref, ArchiveSource(tf, path, desc, blobs, {})))
+        out.append((ref, ArchiveSource(archive, desc, blobs, {})))
     return out
 
 
-def path_tag(tag: str) -> str:
-    """A bare ``ref.name`` (``latest``) names ``docker.io/import/image:<tag>``."""
-    return f"image:{tag}"
-
-
-def _docker(tf: tarfile.TarFile, path: str, names: dict[str, str]) -> list:
-    manifest = _json(tf, names["manifest.json"], path)
+def _docker(archive: _Archive, names: dict[str, str]) -> list:
+    path = archive.path
+    manifest = _json(archive, names["manifest.json"])
     if not isinstance(manifest, list):
         raise InvalidArchive(f"{path}: manifest.json is not a list")
     out = []
@@ -139,10 +162,8 @@ def _docker(tf: tarfile.TarFile, path: str, names: dict[str, str]) -> list:
             if member is None:
                 raise InvalidArchive(f"{path}: manifest.json[{i}] names {member_name!r}, "
                                      "which the archive does not have")
-            f = tf.extractfile(member)
-            assert f is not None
             h, size = hashlib.sha256(), 0
-            while chunk := f.read(_CHUNK):
+            for chunk in archive.chunks(member):
                 h.update(chunk)
                 size += len(chunk)
             digest = "sha256:" + h.hexdigest()
@@ -163,5 +184,5 @@ def _docker(tf: tarfile.TarFile, path: str, names: dict[str, str]) -> list:
                 ref = parse(tag) if tag else None
             except ValueError as exc:
                 raise InvalidArchive(f"{path}: RepoTags entry {tag!r}: {exc}") from None
-            out.append((ref, ArchiveSource(tf, path, top, blobs, {top.digest: data})))
+            out.append((ref, ArchiveSource(archive, top, blobs, {top.digest: data})))
     return out
