@@ -4,7 +4,8 @@
 keeps the host with its port and the digest. The first path component is a registry
 host when it has a ``.`` or a ``:`` or is ``localhost``; otherwise the host is
 ``docker.io`` and a one-component name gets ``library/``. A reference with neither tag
-nor digest gets ``:latest``; one with both keeps both (the digest is what is pulled).
+nor digest gets ``:latest``; one with both is the digest alone (the tag is dropped, as
+containerd's ``ParseDockerRef`` does). Digests are sha256 or sha512 in lowercase hex.
 Errors name the part that is wrong.
 """
 
@@ -24,8 +25,9 @@ MAX_NAME = 255
 _COMPONENT = re.compile(r"[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*\Z")
 _DOMAIN_PART = r"(?:[a-zA-Z0-9]|[a-zA-Z0-9][a-zA-Z0-9-]*[a-zA-Z0-9])"
 _DOMAIN = re.compile(rf"(?:{_DOMAIN_PART}(?:\.{_DOMAIN_PART})*|\[[0-9a-fA-F:.]+\])(?::[0-9]+)?\Z")
-_TAG = re.compile(r"[\w][\w.-]{0,127}\Z")
+_TAG = re.compile(r"[\w][\w.-]{0,127}\Z", re.ASCII)
 _DIGEST = re.compile(r"[A-Za-z][A-Za-z0-9]*(?:[-_+.][A-Za-z][A-Za-z0-9]*)*:[0-9a-fA-F]{32,}\Z")
+_HEX_LENGTH = {"sha256": 64, "sha512": 128}
 _HEX64 = re.compile(r"(?:sha256:)?[0-9a-f]{64}\Z")
 
 
@@ -83,8 +85,12 @@ def parse(text: str, *, default_tag: str = "latest") -> Reference:
         if not _DIGEST.match(digest):
             raise InvalidReference(text, f'"{digest}" is not a digest (algorithm:hex)')
         algorithm, _, hex_ = digest.partition(":")
-        if algorithm == "sha256" and len(hex_) != 64:
-            raise InvalidReference(text, f'sha256 digest "{hex_}" must have 64 hex digits')
+        if algorithm not in _HEX_LENGTH:
+            raise InvalidReference(text, f'digest algorithm "{algorithm}" is not supported '
+                                         "(sha256, sha512)")
+        if len(hex_) != _HEX_LENGTH[algorithm] or hex_ != hex_.lower():
+            raise InvalidReference(text, f'{algorithm} digest "{hex_}" must have '
+                                         f"{_HEX_LENGTH[algorithm]} lowercase hex digits")
     tag = ""
     last = rest.rfind(":")
     if last > rest.rfind("/"):
@@ -113,6 +119,8 @@ def parse(text: str, *, default_tag: str = "latest") -> Reference:
                                          "invalid (lowercase letters, digits, separators)")
     if len(f"{domain}/{path}") > MAX_NAME:
         raise InvalidReference(text, f"repository name is longer than {MAX_NAME} characters")
-    if not tag and not digest:
+    if digest:
+        tag = ""   # name:tag@digest is the digest (containerd's ParseDockerRef drops the tag)
+    elif not tag:
         tag = default_tag
     return Reference(domain, path, tag, digest)

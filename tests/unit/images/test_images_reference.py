@@ -23,7 +23,8 @@ D = "sha256:" + "a" * 64
     ("127.0.0.1:5000/app", "127.0.0.1:5000/app:latest"),
     ("[::1]:5000/app", "[::1]:5000/app:latest"),
     (f"busybox@{D}", f"docker.io/library/busybox@{D}"),
-    (f"busybox:1.36@{D}", f"docker.io/library/busybox:1.36@{D}"),
+    (f"busybox:1.36@{D}", f"docker.io/library/busybox@{D}"),   # the tag is dropped
+    ("busybox@sha512:" + "b" * 128, "docker.io/library/busybox@sha512:" + "b" * 128),
     ("a.b/c__d/e-f.g_h:T_1.x", "a.b/c__d/e-f.g_h:T_1.x"),
 ])
 def test_normalised(text: str, expected: str) -> None:
@@ -32,8 +33,9 @@ def test_normalised(text: str, expected: str) -> None:
 
 def test_parts() -> None:
     ref = parse(f"localhost:5000/team/app:v2@{D}")
-    assert (ref.domain, ref.path, ref.tag, ref.digest) == ("localhost:5000", "team/app", "v2", D)
-    assert ref.object == D and ref.with_tag() == "localhost:5000/team/app:v2"
+    assert (ref.domain, ref.path, ref.tag, ref.digest) == ("localhost:5000", "team/app", "", D)
+    assert ref.object == D and ref.with_tag() == ""
+    assert parse("localhost:5000/team/app:v2").with_tag() == "localhost:5000/team/app:v2"
     assert parse("busybox").object == "latest"
 
 
@@ -45,7 +47,10 @@ def test_parts() -> None:
     ("busybox:" + "t" * 129, "is invalid"),
     ("busybox@sha256:abc", "not a digest"),
     ("busybox@sha256:" + "a" * 63 + "g", "not a digest"),
-    ("busybox@sha256:" + "a" * 65, "must have 64 hex digits"),
+    ("busybox@sha256:" + "a" * 65, "must have 64 lowercase hex digits"),
+    ("busybox@sha256:" + "A" * 64, "must have 64 lowercase hex digits"),
+    ("busybox@md5:" + "a" * 32, 'algorithm "md5" is not supported'),
+    ("busybox:t\u00e9st", 'tag "t\u00e9st" is invalid'),
     ("a//b", 'component "" is invalid'),
     ("a/b_/c", 'component "b_" is invalid'),
     ("-bad.host/x", 'registry host "-bad.host" is invalid'),
