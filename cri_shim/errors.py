@@ -165,6 +165,7 @@ _IMAGE_CODES: tuple[tuple[type, grpc.StatusCode], ...] = (
     (image_errors.DigestMismatch, grpc.StatusCode.DATA_LOSS),
     (image_errors.InvalidContent, grpc.StatusCode.FAILED_PRECONDITION),
     (image_errors.InvalidArchive, grpc.StatusCode.INVALID_ARGUMENT),
+    (image_errors.HostsConfigError, grpc.StatusCode.FAILED_PRECONDITION),   # the node's files
 )
 
 

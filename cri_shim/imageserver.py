@@ -13,9 +13,10 @@ from __future__ import annotations
 import json
 import time
 from typing import Any
+from urllib.parse import urlsplit
 
+from images.errors import HostsConfigError
 from images.hosts import Credentials, decode_auth
-from images.reference import parse
 from images.service import ImageService
 from images.store import ImageRecord
 
@@ -28,32 +29,26 @@ from .rpc import answer_unimplemented, rpc
 
 __all__ = ["ImageServicer", "AdminServicer", "credentials"]
 
-PINNED_LABEL = "io.cri-containerd.pinned"
-
-
-def credentials(auth: pb.AuthConfig, registry: str, service: ImageService) -> Credentials:
+def credentials(auth: pb.AuthConfig) -> Credentials | None:
     """``PullImageRequest.auth`` as containerd reads it (``ParseAuth``): username and
     password; else the identity token; else base64 ``auth``; a registry token as it is.
-    Without any, the registry table's ``configs."<host>".auth``."""
-    if auth.server_address:
-        host = auth.server_address.split("://")[-1].split("/")[0]
-        if host not in (registry, f"index.{registry}", "registry-1.docker.io") and \
-                not (registry == "docker.io" and host in ("index.docker.io", "docker.io")):
-            raise InvalidArgument(f"auth.server_address {auth.server_address!r} is not the "
-                                  f"image's registry {registry!r}")
+    With a ``server_address`` they go only to that registry's host. None when kubelet
+    sent none: each host then gets the registry table's ``configs."<host>".auth``."""
+    server = urlsplit(auth.server_address if "://" in auth.server_address
+                      else f"//{auth.server_address}").netloc
     if auth.username or auth.password:
-        return Credentials(auth.username, auth.password)
+        return Credentials(auth.username, auth.password, server=server)
     if auth.identity_token:
-        return Credentials(identity_token=auth.identity_token)
+        return Credentials(identity_token=auth.identity_token, server=server)
     if auth.auth:
         try:
-            user, password = decode_auth(auth.auth, "auth.auth")
-        except ValueError as exc:
+            user, password = decode_auth(auth.auth, "PullImageRequest.auth.auth")
+        except HostsConfigError as exc:
             raise InvalidArgument(str(exc)) from None
-        return Credentials(user, password)
+        return Credentials(user, password, server=server)
     if auth.registry_token:
-        return Credentials(registry_token=auth.registry_token)
-    return service.client.config.credentials(registry)
+        return Credentials(registry_token=auth.registry_token, server=server)
+    return None
 
 
 class ImageServicer(pb_grpc.ImageServiceServicer):
@@ -62,9 +57,7 @@ class ImageServicer(pb_grpc.ImageServiceServicer):
 
     @rpc
     def PullImage(self, request: pb.PullImageRequest, context: Any) -> pb.PullImageResponse:
-        ref = parse(request.image.image)
-        creds = credentials(request.auth, ref.domain, self.service)
-        rec = self.service.pull(request.image.image, creds)
+        rec = self.service.pull(request.image.image, credentials(request.auth))
         return pb.PullImageResponse(image_ref=rec.id)
 
     @rpc
@@ -110,8 +103,7 @@ class ImageServicer(pb_grpc.ImageServiceServicer):
     def _image(self, rec: ImageRecord) -> pb.Image:
         config = self.service.config(rec)
         image = pb.Image(id=rec.id, repo_tags=rec.repo_tags, repo_digests=rec.repo_digests,
-                         size=rec.size, pinned=rec.pinned or
-                         config.labels.get(PINNED_LABEL) == "pinned",
+                         size=rec.size, pinned=rec.pinned,
                          spec=pb.ImageSpec(image=rec.id))
         user = config.user.split(":", 1)[0]
         if user.isdigit():

@@ -12,6 +12,7 @@
     │   ├── NoMatchingPlatform    an index without an entry for this machine
     │   └── UnsafeLayer           a layer entry that would land outside its snapshot
     ├── InvalidArchive            an image archive (``ctl import``) that cannot be read
+    ├── HostsConfigError          a hosts.toml or registry table (or auth value) unusable
     └── StorageError              our own disk failed (full, read-only); carries errno
 
 The CRI layer maps these to gRPC codes in ``cri_shim.errors``; nothing here knows gRPC.
@@ -23,7 +24,7 @@ import os
 
 __all__ = ["ImageError", "InvalidReference", "ImageNotFound", "RegistryUnavailable",
            "AuthFailed", "InvalidContent", "DigestMismatch", "NoMatchingPlatform",
-           "UnsafeLayer", "InvalidArchive", "StorageError"]
+           "UnsafeLayer", "InvalidArchive", "HostsConfigError", "StorageError"]
 
 
 class ImageError(Exception):
@@ -72,6 +73,11 @@ class UnsafeLayer(InvalidContent):
 
 class InvalidArchive(ImageError):
     """An image archive that cannot be read."""
+
+
+class HostsConfigError(ImageError):
+    """A hosts.toml, a registry table or an ``auth`` value that cannot be used; names
+    the file and key."""
 
 
 class StorageError(ImageError):

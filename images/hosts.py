@@ -20,6 +20,8 @@ HTTP by default, as containerd allows them. Credentials: ``registry.configs."H".
 
 from __future__ import annotations
 
+import base64
+import binascii
 import ipaddress
 import os
 import tomllib
@@ -27,28 +29,27 @@ from dataclasses import dataclass, field
 from typing import Any, Mapping
 from urllib.parse import urlsplit
 
-from .errors import ImageError
+from .errors import HostsConfigError
 
-__all__ = ["RegistryHost", "Credentials", "RegistryConfig", "HostsConfigError"]
+__all__ = ["RegistryHost", "Credentials", "RegistryConfig", "HostsConfigError", "decode_auth",
+           "same_registry"]
 
 DOCKER_HUB = "docker.io"
 DOCKER_HUB_HOST = "registry-1.docker.io"
 CAPABILITIES = ("pull", "resolve", "push", "referrers")
 
 
-class HostsConfigError(ImageError):
-    """A hosts.toml or registry table that cannot be used; names the file and key."""
-
-
 @dataclass(frozen=True)
 class Credentials:
     """What a registry gets: Basic username/password, or an identity (refresh) token,
-    or a registry (bearer) token used as it is."""
+    or a registry (bearer) token used as it is. ``server``: the registry host they are
+    for (kubelet's ``server_address``); "" for any host the image is pulled from."""
 
     username: str = ""
     password: str = ""
     identity_token: str = ""
     registry_token: str = ""
+    server: str = ""
 
     def __bool__(self) -> bool:
         return bool(self.username or self.password or self.identity_token or self.registry_token)
@@ -97,8 +98,19 @@ class RegistryConfig:
             hosts.append(self._with_tls(own))
         return hosts
 
+    def credentials_for(self, host: str, given: Credentials | None) -> Credentials:
+        """What endpoint *host* gets, as containerd decides: the client's credentials
+        (kubelet's pull secret) when it sent any, unless they name another server;
+        otherwise the registry table's for that host."""
+        if given is None:
+            return self.credentials(host)
+        if given.server and not same_registry(given.server, host):
+            return Credentials()
+        return given
+
     def credentials(self, host: str) -> Credentials:
-        """``configs."<host>".auth`` (keyed by the endpoint's host, as containerd)."""
+        """``configs."<host>".auth``, keyed by the endpoint's host (``registry-1.docker.io``
+        for Docker Hub, a mirror's own host for a mirror), as containerd keys it."""
         auth = (self.configs.get(host) or {}).get("auth") or {}
         user, password = auth.get("username", ""), auth.get("password", "")
         if auth.get("auth") and not user:
@@ -130,10 +142,17 @@ class RegistryConfig:
                             client_certs=certs, headers=host.headers)
 
 
+_DOCKER_HUB_NAMES = {DOCKER_HUB, DOCKER_HUB_HOST, "index.docker.io"}
+
+
+def same_registry(a: str, b: str) -> bool:
+    """Whether hosts *a* and *b* are one registry (Docker Hub has three names)."""
+    return a == b or (a in _DOCKER_HUB_NAMES and b in _DOCKER_HUB_NAMES)
+
+
 def decode_auth(value: str, where: str) -> tuple[str, str]:
-    """A Docker ``auth`` value: base64 of ``user:password``."""
-    import base64
-    import binascii
+    """A Docker ``auth`` value: base64 of ``user:password``. Raises
+    ``HostsConfigError`` naming *where*."""
     try:
         text = base64.b64decode(value, validate=True).decode()
     except (binascii.Error, UnicodeDecodeError):
@@ -161,7 +180,9 @@ def _default_host(registry: str) -> RegistryHost:
 
 
 def _host_dir(root: str, registry: str) -> str | None:
-    for name in (registry.replace(":", "_") + "_" if ":" in registry else None, registry,
+    # containerd: host:port is looked up as host_port_ (the last colon only, for IPv6).
+    host, colon, port = registry.rpartition(":")
+    for name in (f"{host}_{port}_" if colon and "]" not in port else None, registry,
                  "_default"):
         if name and os.path.isdir(os.path.join(root, name)):
             return os.path.join(root, name)

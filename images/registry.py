@@ -13,10 +13,14 @@ What it does as containerd's ``remotes/docker`` does:
   furthest (transport < not found < other answers);
 - a manifest request carries ``Accept`` with the four manifest types and ``*/*``, and
   ``?ns=<registry>`` when the host is not the image's own registry (a mirror);
+- each host gets its own credentials: the client's (kubelet's) unless they name another
+  server, else ``registry.configs."<host>".auth``;
 - 401 answers are met with the challenge's scheme: Basic with the credentials, or a
   Bearer token for ``repository:<path>:pull`` from the realm (POST of the OAuth form
-  first when there are credentials, GET as fallback), cached per host and scope;
-- blob redirects are followed (at most 10), with no Authorization for another host;
+  first when there are credentials, GET as fallback), cached per host, scope and
+  credentials (at most 256 kept);
+- blob redirects are followed (at most 10); another host (or scheme) gets no
+  Authorization, no hosts.toml headers and no per-host TLS settings;
 - bytes are counted and hashed as they arrive (``images.content.Writer``).
 """
 
@@ -36,7 +40,7 @@ from urllib.parse import urlencode, urljoin, urlsplit
 
 import urllib3
 
-from .errors import AuthFailed, ImageError, ImageNotFound, RegistryUnavailable
+from .errors import AuthFailed, HostsConfigError, ImageError, ImageNotFound, RegistryUnavailable
 from .hosts import DOCKER_HUB, DOCKER_HUB_HOST, Credentials, RegistryConfig, RegistryHost
 from .manifest import ACCEPT, MAX_MANIFEST, Descriptor
 from .reference import Reference
@@ -47,6 +51,7 @@ log = logging.getLogger(__name__)
 
 USER_AGENT = "cri-shim/0.1.0"
 MAX_REDIRECTS = 10
+MAX_TOKENS = 256   # cached authorizations (host, scope, credentials)
 _CHUNK = 1 << 20
 
 
@@ -73,16 +78,21 @@ class RegistryClient:
     """Talks to registries as *config* configures them; thread-safe."""
 
     def __init__(self, config: RegistryConfig, *, connect_timeout: float = 10,
-                 read_timeout: float = 60) -> None:
+                 read_timeout: float = 60,
+                 transport: Callable[[RegistryHost | None], Any] | None = None) -> None:
+        """*transport* makes the connection pool for a host (None: an unconfigured
+        one); by default a ``urllib3.PoolManager`` with the host's TLS settings. Tests
+        give one that answers from a script."""
         self.config = config
         self._timeout = urllib3.Timeout(connect=connect_timeout, read=read_timeout)
-        self._pools: dict[RegistryHost, urllib3.PoolManager] = {}
+        self._transport = transport or self._pool_manager
+        self._pools: dict[RegistryHost | None, Any] = {}
         self._tokens: dict[tuple[str, str, str], tuple[str, float]] = {}   # see _token_key
         self._lock = threading.Lock()
 
     # -- the API --------------------------------------------------------------------
 
-    def resolve(self, ref: Reference, creds: Credentials = Credentials()) -> Resolved:
+    def resolve(self, ref: Reference, creds: Credentials | None = None) -> Resolved:
         """The manifest (or index) descriptor for *ref*: HEAD, then GET when the answer
         lacks the digest or length. Raises ``ImageNotFound``, ``AuthFailed`` or
         ``RegistryUnavailable``."""
@@ -105,7 +115,7 @@ class RegistryClient:
         return self._each_host(ref, capability, attempt)
 
     def fetch_manifest(self, ref: Reference, desc: Descriptor,
-                       creds: Credentials = Credentials()) -> bytes:
+                       creds: Credentials | None = None) -> bytes:
         """The bytes of the manifest or index *desc* (checked by the caller)."""
         if desc.size > MAX_MANIFEST:
             raise ImageError(f"{ref}: manifest of {desc.size} bytes is larger than {MAX_MANIFEST}")
@@ -117,7 +127,7 @@ class RegistryClient:
         return self._each_host(ref, "pull", attempt)
 
     def fetch_blob(self, ref: Reference, desc: Descriptor, write: Callable[[bytes], None],
-                   creds: Credentials = Credentials()) -> None:
+                   creds: Credentials | None = None) -> None:
         """Stream blob *desc* into *write*, following redirects. A host that fails
         before the first byte gives way to the next; one that fails after raises."""
         def attempt(host: RegistryHost) -> None:
@@ -165,50 +175,69 @@ class RegistryClient:
         own = host.host == ref.domain or (ref.domain == DOCKER_HUB and host.host == DOCKER_HUB_HOST)
         return url if own else f"{url}?{urlencode({'ns': ref.domain})}"
 
-    def _get_manifest(self, host: RegistryHost, ref: Reference, url: str, creds: Credentials,
-                      accept: str = ACCEPT) -> tuple[bytes, str]:
+    def _get_manifest(self, host: RegistryHost, ref: Reference, url: str,
+                      creds: Credentials | None, accept: str = ACCEPT) -> tuple[bytes, str]:
         resp = self._request(host, ref, "GET", url, {"Accept": accept}, creds, stream=True)
         try:
             data = resp.read(MAX_MANIFEST + 1, decode_content=True)
+        except (urllib3.exceptions.HTTPError, OSError) as exc:
+            raise _Failure(_TRANSPORT, f"{host.host}: reading the manifest broke off: "
+                                       f"{_reason(exc)}") from None
         finally:
             resp.release_conn()
         if len(data) > MAX_MANIFEST:
             raise _Failure(_ANSWER, f"manifest larger than {MAX_MANIFEST} bytes")
         return data, resp.headers.get("Content-Type", "").split(";")[0].strip()
 
-    def _pool(self, host: RegistryHost) -> urllib3.PoolManager:
+    def _pool(self, host: RegistryHost | None) -> urllib3.PoolManager:
         with self._lock:
             pool = self._pools.get(host)
             if pool is None:
-                kw: dict[str, Any] = {}
-                if host.scheme == "https":
-                    ctx = ssl.create_default_context()
-                    if host.skip_verify:
-                        ctx.check_hostname = False
-                        ctx.verify_mode = ssl.CERT_NONE
-                    for ca in host.ca_files:
-                        ctx.load_verify_locations(ca)
-                    for cert, key in host.client_certs:
-                        ctx.load_cert_chain(cert, key)
-                    kw["ssl_context"] = ctx
-                pool = self._pools[host] = urllib3.PoolManager(
-                    num_pools=4, maxsize=8, timeout=self._timeout, retries=False, **kw)
+                pool = self._pools[host] = self._transport(host)
             return pool
 
+    def _pool_manager(self, host: RegistryHost | None) -> urllib3.PoolManager:
+        """A pool with *host*'s TLS settings (None: a host that is not configured,
+        such as a redirect's target: the system's defaults)."""
+        kw: dict[str, Any] = {}
+        if host is not None and host.scheme == "https":
+            ctx = ssl.create_default_context()
+            if host.skip_verify:
+                ctx.check_hostname = False
+                ctx.verify_mode = ssl.CERT_NONE
+            try:
+                for ca in host.ca_files:
+                    ctx.load_verify_locations(ca)
+                for cert, key in host.client_certs:
+                    ctx.load_cert_chain(cert, key)
+            except (OSError, ssl.SSLError) as exc:
+                raise HostsConfigError(f"{host.host}: the CA or client certificate files "
+                                       f"cannot be used: {exc}") from None
+            kw["ssl_context"] = ctx
+        return urllib3.PoolManager(num_pools=4, maxsize=8, timeout=self._timeout, retries=False, **kw)
+
     def _request(self, host: RegistryHost, ref: Reference, method: str, url: str,
-                 headers: dict[str, str], creds: Credentials, *, stream: bool = False
+                 headers: dict[str, str], given: Credentials | None, *, stream: bool = False
                  ) -> urllib3.BaseHTTPResponse:
+        """One request to *host*, answering its 401 challenge and following redirects.
+        Authorization and the hosts.toml headers go only to *host* itself (same scheme,
+        host and port); a redirect elsewhere gets neither, and the system's TLS
+        settings rather than the host's."""
+        creds = self.config.credentials_for(host.host, given)
         scope = f"repository:{ref.path}:pull"
-        base = {"User-Agent": USER_AGENT, **{k: ", ".join(v) for k, v in host.headers.items()},
-                **headers}
+        own = {"User-Agent": USER_AGENT, **{k: ", ".join(v) for k, v in host.headers.items()},
+               **headers}
+        elsewhere = {"User-Agent": USER_AGENT, **headers}
         auth = self._cached_auth(host, scope, creds)
         fresh = False   # whether auth was made for this request (not from the cache)
         for redirect in range(MAX_REDIRECTS + 2):
-            same_host = urlsplit(url).netloc == host.host
-            send = dict(base, **({"Authorization": auth} if auth and same_host else {}))
+            parts = urlsplit(url)
+            same_host = (parts.scheme, parts.netloc) == (host.scheme, host.host)
+            send = {**own, **({"Authorization": auth} if auth else {})} if same_host else elsewhere
             try:
-                resp = self._pool(host).request(method, url, headers=send, redirect=False,
-                                                preload_content=False, decode_content=False)
+                resp = self._pool(host if same_host else None).request(
+                    method, url, headers=send, redirect=False, preload_content=False,
+                    decode_content=False)
             except (urllib3.exceptions.HTTPError, OSError, ssl.SSLError) as exc:
                 raise _Failure(_TRANSPORT, f"{urlsplit(url).netloc}: {_reason(exc)}") from None
             if resp.status == 401 and same_host and not fresh:
@@ -249,7 +278,7 @@ class RegistryClient:
         if scheme == "basic":
             if not (creds.username or creds.password):
                 raise _Failure(_AUTH, f"{host.host} wants credentials (Basic) and none were given")
-            value = "Basic " + base64.b64encode(f"{creds.username}:{creds.password}".encode()).decode()
+            value = _basic(creds)
             expires = time.monotonic() + 3600
         elif scheme == "bearer":
             if creds.registry_token:
@@ -260,6 +289,11 @@ class RegistryClient:
         else:
             raise _Failure(_AUTH, f"{host.host} asks for unsupported authorization {challenge!r}")
         with self._lock:
+            if len(self._tokens) >= MAX_TOKENS:   # drop the expired, else the oldest
+                now = time.monotonic()
+                for key in [k for k, (_, at) in self._tokens.items() if at <= now] or \
+                        [next(iter(self._tokens))]:
+                    del self._tokens[key]
             self._tokens[_token_key(host, scope, creds)] = (value, expires)
         return value
 
@@ -285,8 +319,7 @@ class RegistryClient:
         if answer is None:
             headers = {}
             if creds.username:
-                headers["Authorization"] = "Basic " + base64.b64encode(
-                    f"{creds.username}:{creds.password}".encode()).decode()
+                headers["Authorization"] = _basic(creds)
             query = urlencode({"service": service, "scope": scope})
             answer = self._token_request(pool, "GET", f"{realm}?{query}", headers, None)
         status, body = answer
@@ -312,6 +345,10 @@ class RegistryClient:
         except (urllib3.exceptions.HTTPError, OSError) as exc:
             raise _Failure(_TRANSPORT, f"token service {urlsplit(url).netloc}: {_reason(exc)}") from None
         return resp.status, resp.data
+
+
+def _basic(creds: Credentials) -> str:
+    return "Basic " + base64.b64encode(f"{creds.username}:{creds.password}".encode()).decode()
 
 
 def _token_key(host: RegistryHost, scope: str, creds: Credentials) -> tuple[str, str, str]:
