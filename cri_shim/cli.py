@@ -89,6 +89,8 @@ def _serve(args: argparse.Namespace) -> int:
     if os.geteuid() != 0:
         log.warning("not running as root: pinning network namespaces will fail")
 
+    from images.service import ImageService
+
     from . import netns, rootlock
     from .manager import SandboxManager
     from .podnet import PodNetwork
@@ -106,9 +108,9 @@ def _serve(args: argparse.Namespace) -> int:
     try:
         os.makedirs(cfg.state, mode=0o700, exist_ok=True)
         manager = SandboxManager(cfg, PodNetwork(cfg.cni), FileStore(os.path.join(cfg.root, "sandboxes")))
-        from images.service import ImageService
         image_service = ImageService(os.path.join(cfg.root, "images"), cfg.images.registry,
                                      max_concurrent_downloads=cfg.images.max_concurrent_downloads)
+        image_service.collect_garbage()   # what a crashed pull or remove left
         log.info("config %s: root=%s state=%s conf_dir=%s bin_dirs=%s", cfg.source, cfg.root,
                  cfg.state, cfg.cni.conf_dir, ":".join(cfg.cni.bin_dirs))
         netns.start_helper()

@@ -1,8 +1,9 @@
 """The content store: blobs by digest under ``<root>/blobs/<algorithm>/<hex>``.
 
 A blob is written to ``<root>/ingest/<random>`` while it is hashed and counted, and
-renamed into place only once its digest and size are the descriptor's, so a torn or
-corrupt download is never visible; a failed write removes its temp file. Paths come only
+renamed into place only once its digest and size are the descriptor's and its bytes are
+on disk (fsync, as containerd's content writer), so a torn, corrupt or power-cut download
+is never visible under its digest; a failed write removes its temp file. Paths come only
 from digests (checked by ``parse_digest``), never from names a client sent. Leftover
 ingest files of a crash are removed by ``clean_ingest`` at start-up.
 """
@@ -51,12 +52,14 @@ class Writer:
         except DigestMismatch:
             self.abort()
             raise
-        os.close(self._fd)
-        self._fd = -1
         path = self.store.path(self.digest)
         try:
+            os.fsync(self._fd)   # on disk before it has its name: a blob is trusted by name
+            os.close(self._fd)
+            self._fd = -1
             os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
             os.replace(self.temp, path)
+            _fsync_dir(os.path.dirname(path))
         except OSError as exc:
             self.abort()
             raise StorageError(f"cannot commit {path}", exc.errno) from exc
@@ -79,6 +82,14 @@ class Writer:
             self.abort()
 
 
+def _fsync_dir(path: str) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 class ContentStore:
     """Blobs under *root*; thread-safe (each write has its own temp file; the same
     blob written twice at once ends the same)."""
@@ -96,9 +107,6 @@ class ContentStore:
 
     def has(self, digest: str) -> bool:
         return os.path.isfile(self.path(digest))
-
-    def size(self, digest: str) -> int:
-        return os.stat(self.path(digest)).st_size
 
     def read(self, digest: str, limit: int = 8 << 20) -> bytes:
         """A small blob's bytes (manifests, configs). Raises ``ImageError`` when it is

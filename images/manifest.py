@@ -21,8 +21,8 @@ from .errors import InvalidContent, NoMatchingPlatform
 
 __all__ = ["OCI_INDEX", "OCI_MANIFEST", "DOCKER_LIST", "DOCKER_MANIFEST", "MANIFEST_TYPES",
            "INDEX_TYPES", "ACCEPT", "Descriptor", "Platform", "Manifest", "ImageConfig",
-           "parse_index", "parse_manifest", "parse_config", "select_platform", "host_platform",
-           "layer_compression"]
+           "parse_index", "parse_manifest", "parse_config", "select_platform", "check_platform",
+           "host_platform", "layer_compression"]
 
 OCI_INDEX = "application/vnd.oci.image.index.v1+json"
 OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
@@ -60,7 +60,6 @@ class Descriptor:
     digest: str
     size: int
     platform: Platform | None = None
-    urls: tuple[str, ...] = ()
 
     def to_json(self) -> dict[str, Any]:
         return {"mediaType": self.media_type, "digest": self.digest, "size": self.size}
@@ -117,8 +116,7 @@ def _descriptor(obj: Any, where: str) -> Descriptor:
         p = obj["platform"]
         platform = Platform(str(p.get("os", "")), str(p.get("architecture", "")),
                             str(p.get("variant", "") or ""))
-    urls = obj.get("urls") or ()
-    return Descriptor(media_type, digest, size, platform, tuple(str(u) for u in urls))
+    return Descriptor(media_type, digest, size, platform)
 
 
 def parse_index(data: bytes, what: str) -> list[Descriptor]:
@@ -215,9 +213,28 @@ def normalize(p: Platform) -> Platform:
     return Platform(p.os.lower(), arch, variant)
 
 
+_MACHINE_VARIANT = {"armv5l": "v5", "armv6l": "v6", "armv7l": "v7", "armv8l": "v8"}
+
+
 def host_platform() -> Platform:
-    """This machine's platform (containerd's ``DefaultSpec``)."""
-    return normalize(Platform("linux", os.uname().machine))
+    """This machine's platform (containerd's ``DefaultSpec``): ``uname -m`` as Go names
+    it (``x86_64`` is amd64, ``armv7l`` arm/v7)."""
+    machine = os.uname().machine
+    if machine in _MACHINE_VARIANT:
+        return normalize(Platform("linux", "arm", _MACHINE_VARIANT[machine]))
+    return normalize(Platform("linux", machine))
+
+
+def check_platform(config: "ImageConfig", what: str, want: Platform | None = None) -> None:
+    """A single manifest (no index to choose from) must still be for this machine, as
+    containerd checks its config's os and architecture; a config that names neither is
+    taken as it is. Raises ``NoMatchingPlatform``."""
+    if not (config.platform.os or config.platform.architecture):
+        return
+    want = normalize(want or host_platform())
+    if _rank(config.platform, want) is None:
+        raise NoMatchingPlatform(f"{what}: the image is for {normalize(config.platform)}, "
+                                 f"this machine is {want}")
 
 
 def _rank(candidate: Platform | None, want: Platform) -> int | None:

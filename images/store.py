@@ -18,7 +18,7 @@ import json
 import logging
 import os
 import threading
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from atomicfile import write_atomic
@@ -26,7 +26,7 @@ from atomicfile import write_atomic
 from .digest import parse_digest
 from .errors import StorageError
 from .manifest import Descriptor
-from .reference import Reference
+from .reference import Reference, is_image_id, parse
 
 __all__ = ["ImageRecord", "ImageStore"]
 
@@ -124,14 +124,9 @@ class ImageStore:
 
     # -- queries ---------------------------------------------------------------------
 
-    def get(self, image_id: str) -> ImageRecord | None:
-        with self._lock:
-            return self._images.get(image_id)
-
     def find(self, text: str) -> ImageRecord | None:
         """An image by id (``sha256:<hex>``, the hex, or a unique prefix of it), or by
         a reference (normalised: ``busybox`` finds ``docker.io/library/busybox:latest``)."""
-        from .reference import is_image_id, parse
         with self._lock:
             if is_image_id(text):
                 return self._images.get(text if text.startswith("sha256:") else f"sha256:{text}")

@@ -328,3 +328,49 @@ def test_ctl_image_commands_print_what_crictl_prints(world: World, busybox) -> N
     assert srv.ctl("rmi", BUSYBOX).stdout.strip() == f"Deleted: {BUSYBOX}"
     proc = srv.ctl("rmi", BUSYBOX, check=False)
     assert proc.returncode == 1 and "no such image" in proc.stderr
+
+
+def test_a_many_layer_archive_imports_every_time(world: World, tmp_path: Path) -> None:
+    """The layers of one archive are read side by side from the one file: every import
+    of a 7-layer docker save must verify (a shared, unlocked TarFile mixed them up)."""
+    srv = world.start()
+    many = imagebuild.big_image(tmp_path / "many", layers=6, layer_mib=2, tag="many")
+    saved = imagebuild.archive(many, tmp_path / "many.tar", "docker", name="many")
+    for _ in range(4):
+        srv.ctl("import", str(saved))
+        assert world.status("many:many").image.id == many.config_digest
+        srv.image.RemoveImage(pb.RemoveImageRequest(image=pb.ImageSpec(image=many.config_digest)),
+                              timeout=30)
+    assert world.leftovers() == {}
+
+
+def test_a_lone_manifest_for_another_platform_is_refused(world: World, tmp_path: Path) -> None:
+    reg = world.registry()
+    arm = imagebuild.busybox_image(tmp_path / "arm", tag="arm", arch="arm64")
+    imagebuild.push(arm, reg, "app", "arm")
+    world.start()
+    with pytest.raises(grpc.RpcError) as exc:
+        world.pull(f"{reg.host}/app:arm")
+    assert exc.value.code() == grpc.StatusCode.NOT_FOUND
+    assert "the image is for linux/arm64, this machine is linux/amd64" in exc.value.details()
+    assert world.server.image.ListImages(pb.ListImagesRequest(), timeout=30).images == []
+
+
+def test_kubelet_credentials_for_a_server_are_not_sent_to_a_mirror(world: World, busybox) -> None:
+    """As containerd: PullImageRequest.auth with a server_address goes only to that
+    host; the mirror gets the registry table's entry for its own host."""
+    mirror = world.registry(port=5006, auth="htpasswd")
+    imagebuild.push(busybox, mirror, "e2e-test-images/busybox")
+    world.mirror("registry.k8s.io", mirror)
+    # Only the mirror answers: registry.k8s.io itself is unreachable in the namespace.
+    creds = dict(username="testuser", password="testpassword")
+    world.start()
+    with pytest.raises(grpc.RpcError) as exc:
+        world.pull(BUSYBOX, server_address="registry.k8s.io", **creds)
+    assert exc.value.code() in (grpc.StatusCode.PERMISSION_DENIED, grpc.StatusCode.UNAVAILABLE)
+    assert world.pull(BUSYBOX, **creds) == busybox.config_digest   # no server named: every host
+    world.server.image.RemoveImage(pb.RemoveImageRequest(image=pb.ImageSpec(image=BUSYBOX)), timeout=30)
+    world.server.stop()
+    world.start(f'[plugins."io.containerd.grpc.v1.cri".registry.configs."{mirror.host}".auth]\n'
+                '  username = "testuser"\n  password = "testpassword"\n')
+    assert world.pull(BUSYBOX) == busybox.config_digest
