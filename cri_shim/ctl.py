@@ -22,15 +22,12 @@ import yaml
 from google.protobuf import json_format
 
 from . import ctlimages
+from .ctlprint import CtlError, print_status, to_dict
 from .api import admin_pb2_grpc
 from .api import api_pb2 as pb
 from .api import api_pb2_grpc as pb_grpc
 
 DEFAULT_ENDPOINT = "unix:///run/cri-shim/cri-shim.sock"
-
-
-class CtlError(Exception):
-    pass
 
 
 def load_pod_config(path: str) -> pb.PodSandboxConfig:
@@ -112,9 +109,7 @@ def _version(c: _Client, args: argparse.Namespace) -> int:
 
 def _info(c: _Client, args: argparse.Namespace) -> int:
     st = c.Status(pb.StatusRequest(verbose=True))
-    out: dict[str, Any] = {"status": _to_dict(st.status)}
-    out.update({k: _maybe_json(v) for k, v in st.info.items()})
-    print(json.dumps(out, indent=2))
+    print_status(st.status, st.info)
     return 0
 
 
@@ -128,9 +123,7 @@ def _runp(c: _Client, args: argparse.Namespace) -> int:
 def _inspectp(c: _Client, args: argparse.Namespace) -> int:
     for sandbox_id in args.ids:
         r = c.PodSandboxStatus(pb.PodSandboxStatusRequest(pod_sandbox_id=sandbox_id, verbose=True))
-        out: dict[str, Any] = {"status": _to_dict(r.status)}
-        out.update({k: _maybe_json(v) for k, v in r.info.items()})
-        print(json.dumps(out, indent=2))
+        print_status(r.status, r.info)
     return 0
 
 
@@ -170,7 +163,7 @@ def _pods(c: _Client, args: argparse.Namespace) -> int:
     items = sorted(c.ListPodSandbox(pb.ListPodSandboxRequest(filter=flt)).items,
                    key=lambda s: s.created_at, reverse=True)
     if args.output == "json":
-        print(json.dumps({"items": [_to_dict(i) for i in items]}, indent=2))
+        print(json.dumps({"items": [to_dict(i) for i in items]}, indent=2))
     elif args.quiet:
         for i in items:
             print(i.id)
@@ -194,17 +187,6 @@ def _ago(ns: int) -> str:
             n = secs // size
             return f"{n} {unit}{'s' if n > 1 else ''} ago"
     return "Less than a second ago" if secs < 1 else f"{secs} seconds ago"
-
-
-def _to_dict(msg: Any) -> dict[str, Any]:
-    # crictl prints every field, zero values included ("state": "SANDBOX_READY").
-    return json_format.MessageToDict(msg, always_print_fields_with_no_presence=True)
-
-
-def _maybe_json(value: str) -> Any:
-    if value.startswith("{") or value.startswith("["):
-        return json.loads(value)
-    return value
 
 
 _COMMANDS = {"version": _version, "info": _info, "runp": _runp, "inspectp": _inspectp,

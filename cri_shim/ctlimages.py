@@ -17,6 +17,7 @@ import grpc
 
 from .api import admin_pb2 as admin
 from .api import api_pb2 as pb
+from .ctlprint import CtlError, print_status, to_dict
 
 __all__ = ["add_parsers", "COMMANDS"]
 
@@ -109,20 +110,16 @@ def _size(n: int) -> str:
 
 
 def _inspecti(c: Any, args: argparse.Namespace) -> int:
-    from .ctl import CtlError, _maybe_json, _to_dict
     for name in args.images:
         reply = c.image.ImageStatus(pb.ImageStatusRequest(image=pb.ImageSpec(image=name),
                                                           verbose=True), timeout=c.timeout)
         if not reply.HasField("image"):
             raise CtlError(f"no such image {name!r} present")
-        out: dict[str, Any] = {"status": _to_dict(reply.image)}
-        out.update({k: _maybe_json(v) for k, v in reply.info.items()})
-        print(json.dumps(out, indent=2))
+        print_status(reply.image, reply.info)
     return 0
 
 
 def _rmi(c: Any, args: argparse.Namespace) -> int:
-    from .ctl import CtlError
     for name in args.images:
         status = c.image.ImageStatus(pb.ImageStatusRequest(image=pb.ImageSpec(image=name)),
                                      timeout=c.timeout)
@@ -136,9 +133,8 @@ def _rmi(c: Any, args: argparse.Namespace) -> int:
 
 
 def _imagefsinfo(c: Any, args: argparse.Namespace) -> int:
-    from .ctl import _to_dict
     reply = c.image.ImageFsInfo(pb.ImageFsInfoRequest(), timeout=c.timeout)
-    print(json.dumps({"status": _to_dict(reply)}, indent=2))
+    print(json.dumps({"status": to_dict(reply)}, indent=2))
     return 0
 
 

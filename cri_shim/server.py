@@ -8,15 +8,13 @@ line with the method, the sandbox id, the outcome and the time it took.
 from __future__ import annotations
 
 import errno
-import functools
 import json
 import logging
 import os
 import socket
 import threading
-import time
 from concurrent import futures
-from typing import Any, Callable
+from typing import Any
 
 import grpc
 from google.protobuf import json_format

@@ -16,7 +16,6 @@ import base64
 import dataclasses
 import json
 import logging
-import os
 from dataclasses import dataclass, field
 from typing import Any, Iterator, Protocol
 

@@ -24,7 +24,7 @@ from typing import Any, Sequence
 
 from testbed.netns import Namespace
 from testbed.pods import bridge_plugin
-from testbed.process import REPO, sh
+from testbed.process import REPO, sh  # noqa: F401  (REPO is re-exported to benchlib)
 
 PLUGIN_DIRS = ("/usr/lib/cni", "/opt/cni/bin")
 SUBNET = "10.88.0.0/19"          # 8190 addresses, only inside the node netns
