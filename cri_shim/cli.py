@@ -90,9 +90,14 @@ def _serve(args: argparse.Namespace) -> int:
         log.warning("not running as root: pinning network namespaces will fail")
 
     from images.service import ImageService
+    from runtime.conmon import Conmon
+    from runtime.ocicli import OCIRuntime
 
     from . import netns, rootlock
+    from .containers import ContainerManager
+    from .containerstore import FileContainerStore
     from .manager import SandboxManager
+    from .podenv import PodEnvironment
     from .podnet import PodNetwork
     from .server import SocketInUse, serve
     from .store import FileStore
@@ -107,17 +112,30 @@ def _serve(args: argparse.Namespace) -> int:
         return 1
     try:
         os.makedirs(cfg.state, mode=0o700, exist_ok=True)
-        manager = SandboxManager(cfg, PodNetwork(cfg.cni), FileStore(os.path.join(cfg.root, "sandboxes")))
+        pod_env = PodEnvironment(os.path.join(cfg.state, "pods"),
+                                 catatonit=cfg.containers.catatonit)
+        manager = SandboxManager(cfg, PodNetwork(cfg.cni), FileStore(os.path.join(cfg.root, "sandboxes")),
+                                 pod_env=pod_env)
         image_service = ImageService(os.path.join(cfg.root, "images"), cfg.images.registry,
                                      max_concurrent_downloads=cfg.images.max_concurrent_downloads)
-        image_service.collect_garbage()   # what a crashed pull or remove left
+        containers = ContainerManager(
+            root=cfg.root, state=cfg.state, sandboxes=manager, images=image_service,
+            store=FileContainerStore(os.path.join(cfg.root, "containers", "records")),
+            conmon=Conmon(cfg.containers.conmon, os.path.join(cfg.state, "exits"),
+                          os.path.join(cfg.state, "sockets")),
+            runtimes={name: OCIRuntime(name, h.binary, os.path.join(cfg.state, "runtime", name),
+                                       systemd_cgroup=h.systemd_cgroup or cfg.cgroup_driver == "systemd")
+                      for name, h in cfg.containers.runtimes.items()},
+            default_runtime=cfg.containers.default_runtime)
         log.info("config %s: root=%s state=%s conf_dir=%s bin_dirs=%s", cfg.source, cfg.root,
                  cfg.state, cfg.cni.conf_dir, ":".join(cfg.cni.bin_dirs))
         netns.start_helper()
         manager.recover()
+        containers.recover()
+        image_service.collect_garbage()   # what a crashed pull or remove left
         if cfg.cni.gc_on_start:
             manager.gc()
-        serve(manager, image_service, cfg.address, stop)
+        serve(manager, image_service, cfg.address, stop, containers)
     except SocketInUse as exc:
         print(f"cri-shim: {exc.strerror}", file=sys.stderr)
         return 1

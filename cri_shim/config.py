@@ -1,16 +1,19 @@
 """Configuration: a containerd-style TOML file, read once at start-up.
 
-cri-shim reads the parts of containerd's config that concern the networking path:
-top-level ``root`` and ``state``, ``[grpc] address``, and the CNI table, either in the
-version 2 form ``[plugins."io.containerd.grpc.v1.cri".cni]`` or the version 3 form
-``[plugins."io.containerd.cri.v1.runtime".cni]`` (containerd docs/cri/config.md).
-Keys cri-shim adds of its own live in the same CNI table and are marked below.
+cri-shim reads the parts of containerd's config it has a use for: top-level ``root``
+and ``state``, ``[grpc] address``, the CNI table, the runtimes table
+(``containerd.default_runtime_name``, ``containerd.runtimes.<name>`` with
+``runtime_type`` and ``options.BinaryName`` / ``options.SystemdCgroup``) and the
+registry table, either in the version 2 form ``[plugins."io.containerd.grpc.v1.cri"...]``
+or the version 3 form ``[plugins."io.containerd.cri.v1.runtime"...]`` (containerd
+docs/cri/config.md). Keys cri-shim adds of its own are marked below.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import logging
+import os
 import tomllib
 from dataclasses import dataclass, field
 from importlib import resources
@@ -55,14 +58,42 @@ class ImageSettings:
     max_concurrent_downloads: int = 3
 
 
+RUNC_TYPE = "io.containerd.runc.v2"
+
+
+@dataclass(frozen=True, kw_only=True)
+class RuntimeHandler:
+    """One ``containerd.runtimes.<name>`` table: an OCI runtime with runc's command
+    line (runc, crun), run through conmon."""
+
+    name: str
+    runtime_type: str = RUNC_TYPE
+    binary: str = "runc"               # options.BinaryName
+    systemd_cgroup: bool = False       # options.SystemdCgroup
+
+
+@dataclass(frozen=True, kw_only=True)
+class ContainerSettings:
+    """containerd's ``containerd`` table, and what cri-shim adds beside it."""
+
+    default_runtime: str = "runc"      # default_runtime_name
+    runtimes: Mapping[str, RuntimeHandler] = field(default_factory=lambda: {
+        "runc": RuntimeHandler(name="runc", binary="runc"),
+        "crun": RuntimeHandler(name="crun", binary="crun")})
+    # cri-shim's own keys, in the CRI table:
+    conmon: str = "conmon"             # conmon_path
+    catatonit: str = "catatonit"       # catatonit_path: PID 1 of PID mode POD pods
+
+
 @dataclass(frozen=True, kw_only=True)
 class Config:
     root: str = "/var/lib/cri-shim"
     state: str = "/run/cri-shim"
     address: str = "/run/cri-shim/cri-shim.sock"
-    cgroup_driver: str = "systemd"
+    cgroup_driver: str = "cgroupfs"
     cni: CNISettings = field(default_factory=CNISettings)
     images: ImageSettings = field(default_factory=ImageSettings)
+    containers: ContainerSettings = field(default_factory=ContainerSettings)
     source: str = "<embedded default>"
 
     def replace(self, **changes: Any) -> "Config":
@@ -109,6 +140,7 @@ def parse(text: str, *, source: str) -> Config:
         address=reader.string(grpc_table, "address", Config.address, where="grpc"),
         cgroup_driver=_cgroup_driver(reader, cri_table, cri_name),
         cni=_cni_settings(reader, cni_table, f'plugins."{cri_name}".cni'),
+        containers=_container_settings(reader, cri_table, cri_name),
         images=_image_settings(reader, plugins, cri_table, cri_name),
         source=source,
     )
@@ -177,8 +209,10 @@ def _cri_table(reader: "_Reader", plugins: Mapping[str, Any], version: int) -> t
 
 
 def _cgroup_driver(reader: "_Reader", cri_table: Mapping[str, Any], cri_name: str) -> str:
-    # containerd keeps the driver on the runc runtime: ...containerd.runtimes.runc.options.
-    # SystemdCgroup. cri-shim also takes a plain `cgroup_driver` key in the CRI table.
+    """What RuntimeConfig reports, as containerd 2.0 decides it: the default runtime's
+    (then the others', by name) ``options.SystemdCgroup``; when none says, systemd if
+    systemd runs this machine, else cgroupfs. cri-shim also takes a plain
+    ``cgroup_driver`` key in the CRI table."""
     where = f'plugins."{cri_name}"'
     driver = reader.string(cri_table, "cgroup_driver", "", where=where)
     if driver:
@@ -187,15 +221,50 @@ def _cgroup_driver(reader: "_Reader", cri_table: Mapping[str, Any], cri_name: st
                 f"{reader.source}: {where}.cgroup_driver = {driver!r}: "
                 f"want one of {', '.join(CGROUP_DRIVERS)}")
         return driver
-    opts: Any = cri_table
-    for key in ("containerd", "runtimes", "runc", "options"):
-        opts = opts.get(key, {}) if isinstance(opts, dict) else {}
-    systemd = opts.get("SystemdCgroup") if isinstance(opts, dict) else None
-    if systemd is None:
-        return "systemd"
-    if not isinstance(systemd, bool):
-        raise ConfigFileError(f"{reader.source}: SystemdCgroup must be true or false")
-    return "systemd" if systemd else "cgroupfs"
+    containerd = cri_table.get("containerd") if isinstance(cri_table.get("containerd"), dict) else {}
+    runtimes = containerd.get("runtimes") if isinstance(containerd.get("runtimes"), dict) else {}
+    default = containerd.get("default_runtime_name", "runc")
+    for name in [default, *sorted(n for n in runtimes if n != default)]:
+        options = (runtimes.get(name) or {}).get("options") if isinstance(runtimes.get(name), dict) else None
+        systemd = options.get("SystemdCgroup") if isinstance(options, dict) else None
+        if systemd is None:
+            continue
+        if not isinstance(systemd, bool):
+            raise ConfigFileError(f"{reader.source}: SystemdCgroup must be true or false")
+        return "systemd" if systemd else "cgroupfs"
+    return "systemd" if os.path.isdir("/run/systemd/system") else "cgroupfs"
+
+
+def _container_settings(reader: "_Reader", cri_table: Mapping[str, Any],
+                        cri_name: str) -> ContainerSettings:
+    where = f'plugins."{cri_name}".containerd'
+    table = reader.table(cri_table, "containerd", where=f'plugins."{cri_name}"')
+    d = ContainerSettings()
+    default = reader.string(table, "default_runtime_name", d.default_runtime, where=where)
+    configured = reader.table(table, "runtimes", where=where)
+    runtimes: dict[str, RuntimeHandler] = dict(d.runtimes) if not configured else {}
+    for name, entry in configured.items():
+        rwhere = f"{where}.runtimes.{name}"
+        if not isinstance(entry, dict):
+            raise ConfigFileError(f"{reader.source}: {rwhere} must be a table")
+        rtype = reader.string(entry, "runtime_type", RUNC_TYPE, where=rwhere)
+        if rtype != RUNC_TYPE:
+            raise ConfigFileError(f"{reader.source}: {rwhere}.runtime_type = {rtype!r}: cri-shim "
+                                  f"runs runc-compatible runtimes only ({RUNC_TYPE})")
+        options = reader.table(entry, "options", where=rwhere)
+        binary = reader.string(options, "BinaryName", "", where=f"{rwhere}.options") or \
+            ("crun" if name == "crun" else "runc")
+        runtimes[name] = RuntimeHandler(
+            name=name, runtime_type=rtype, binary=binary,
+            systemd_cgroup=reader.boolean(options, "SystemdCgroup", False, where=f"{rwhere}.options"))
+    if default not in runtimes:
+        raise ConfigFileError(f"{reader.source}: {where}.default_runtime_name = {default!r}: no "
+                              f"such runtime (configured: {', '.join(sorted(runtimes)) or 'none'})")
+    cwhere = f'plugins."{cri_name}"'
+    return ContainerSettings(
+        default_runtime=default, runtimes=runtimes,
+        conmon=reader.string(cri_table, "conmon_path", d.conmon, where=cwhere),
+        catatonit=reader.string(cri_table, "catatonit_path", d.catatonit, where=cwhere))
 
 
 def _cni_settings(reader: "_Reader", t: Mapping[str, Any], where: str) -> CNISettings:

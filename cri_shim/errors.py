@@ -8,11 +8,16 @@
     ├── AlreadyExists                 ALREADY_EXISTS    sandbox name reserved by another
     ├── FailedPrecondition            FAILED_PRECONDITION
     │   └── NetworkNotReady                             no CNI config loaded
+    ├── DeadlineExceeded              DEADLINE_EXCEEDED  an exec timed out, a kill did not kill
     ├── NetworkError                  (code from the CNI error it wraps, see below)
     ├── HostError                     (code from the errno, see below) the node failed us
     │   ├── NetnsError                pinning or unpinning a netns, naming its path
     │   └── StoreError                writing or removing a record, naming its file
     └── ConfigFileError               not a gRPC error: the CLI exits 2 with it
+
+The runtime driver's errors (``runtime.errors``: runc's or conmon's own failure, a
+container the runtime does not have, a rootfs mount) and the image package's
+(``images.errors``) are mapped here too, each by its own table below.
 
 CNI errors (``libcni.CNIError`` and its subclasses) raised below the sandbox manager are
 wrapped in ``NetworkError`` with ``raise ... from``; the plugin's own code, message and
@@ -34,6 +39,7 @@ import grpc
 
 import libcni
 from images import errors as image_errors
+from runtime import errors as runtime_errors
 
 __all__ = [
     "ShimError",
@@ -41,6 +47,7 @@ __all__ = [
     "NotFound",
     "AlreadyExists",
     "FailedPrecondition",
+    "DeadlineExceeded",
     "NetworkNotReady",
     "NetworkError",
     "HostError",
@@ -77,6 +84,10 @@ class AlreadyExists(ShimError):
 
 class FailedPrecondition(ShimError):
     code = grpc.StatusCode.FAILED_PRECONDITION
+
+
+class DeadlineExceeded(ShimError):
+    code = grpc.StatusCode.DEADLINE_EXCEEDED
 
 
 class NetworkNotReady(FailedPrecondition):
@@ -178,9 +189,22 @@ def _image_code(err: image_errors.ImageError) -> grpc.StatusCode:
     return grpc.StatusCode.UNKNOWN
 
 
+def _runtime_code(err: runtime_errors.RuntimeDriverError) -> grpc.StatusCode:
+    if isinstance(err, runtime_errors.ContainerNotFound):
+        return grpc.StatusCode.NOT_FOUND
+    if isinstance(err, runtime_errors.RuntimeTimeout):
+        return grpc.StatusCode.DEADLINE_EXCEEDED
+    if isinstance(err, runtime_errors.RootfsError):
+        return _errno_code(err.errno)
+    # runc's own failure (a missing binary in the image, a bad mount): containerd
+    # passes it on as a plain error.
+    return grpc.StatusCode.UNKNOWN
+
+
 def is_bug(exc: BaseException) -> bool:
     """Whether *exc* is outside every error tree (worth a traceback in the log)."""
-    return not isinstance(exc, (ShimError, image_errors.ImageError, libcni.CNIError))
+    return not isinstance(exc, (ShimError, image_errors.ImageError, libcni.CNIError,
+                                runtime_errors.RuntimeDriverError))
 
 
 def grpc_status(exc: BaseException) -> tuple[grpc.StatusCode, str]:
@@ -191,4 +215,6 @@ def grpc_status(exc: BaseException) -> tuple[grpc.StatusCode, str]:
         return _image_code(exc), str(exc)
     if isinstance(exc, libcni.CNIError):
         return _cni_code(exc), str(exc)
+    if isinstance(exc, runtime_errors.RuntimeDriverError):
+        return _runtime_code(exc), str(exc)
     return grpc.StatusCode.INTERNAL, f"internal error: {type(exc).__name__}: {exc}"

@@ -35,6 +35,7 @@ from .errors import (NETWORK_NOT_READY_MESSAGE, NETWORK_NOT_READY_REASON, Alread
                      FailedPrecondition, InvalidArgument, NetworkError, NetworkNotReady, NotFound,
                      StoreError)
 from .podconfig import SandboxSpec, parse_pod_config
+from .podenv import PidInit, PodEnvironment, PodPlan
 from .podnet import PodNetwork, PodNetworkSpec, pod_ips, result_json
 from .store import CREATING, NOTREADY, READY, SandboxRecord, Store
 
@@ -57,14 +58,22 @@ class _Entry:
 
 class SandboxManager:
     def __init__(self, config: Config, network: PodNetwork, store: Store, *,
-                 clock: Callable[[], int] = time.time_ns, netns: Any = netns_mod) -> None:
+                 clock: Callable[[], int] = time.time_ns, netns: Any = netns_mod,
+                 pod_env: PodEnvironment | None = None) -> None:
         """*netns* provides ``new_path``, ``pin``, ``unpin`` and ``is_pinned`` (the
-        ``cri_shim.netns`` module; tests pass a fake that makes plain files)."""
+        ``cri_shim.netns`` module; tests pass a fake that makes plain files).
+        *pod_env* makes each pod's IPC/UTS namespaces, files and PID init (None: pods
+        get a network only, as in the manager's unit tests)."""
         self.config = config
         self.network = network
         self.store = store
         self._clock = clock
         self._netns = netns
+        self.pod_env = pod_env
+        # The container side's hooks: stop (then remove) a pod's containers before its
+        # namespaces go. Called with the sandbox's lock held.
+        self.stop_containers: Callable[[str, float | None], None] = lambda sandbox_id, deadline: None
+        self.remove_containers: Callable[[str], None] = lambda sandbox_id: None
         self._lock = threading.Lock()
         self._sandboxes: dict[str, _Entry] = {}
         self._names: dict[str, str] = {}   # reserved sandbox name -> id
@@ -110,6 +119,7 @@ class SandboxManager:
             self.store.put(rec.replace(state=NOTREADY))
             return False
         if forget:
+            self._forget_pod_env(rec)
             self.store.delete(rec.id)
         else:
             self.store.put(rec.replace(state=NOTREADY, networks=(), results={}))
@@ -177,7 +187,8 @@ class SandboxManager:
 
     # -- RunPodSandbox ------------------------------------------------------------
 
-    def run(self, spec: SandboxSpec, *, deadline: float | None = None) -> str:
+    def run(self, spec: SandboxSpec, *, deadline: float | None = None,
+            runtime_handler: str = "") -> str:
         """Create a sandbox and network it; return its 64-hex-char id.
 
         *deadline* (``time.monotonic()``) is the caller's: plugin execs still running
@@ -186,10 +197,15 @@ class SandboxManager:
         undo itself runs under the per-exec timeout only, as containerd's deferred
         clean-up gets a context of its own.
         """
+        handlers = self.config.containers.runtimes
+        if runtime_handler and runtime_handler not in handlers:
+            raise InvalidArgument(f'no runtime for "{runtime_handler}" is configured '
+                                  f"(configured: {', '.join(sorted(handlers))})")
         sandbox_id = secrets.token_hex(32)
         rec = SandboxRecord(id=sandbox_id, name=spec.name, namespace=spec.namespace,
                             uid=spec.uid, attempt=spec.attempt, state=CREATING,
                             created_at=self._clock(), host_network=spec.host_network,
+                            runtime_handler=runtime_handler,
                             config=spec.config)
         entry = _Entry(rec)
         key = _name_key(rec)
@@ -217,39 +233,51 @@ class SandboxManager:
 
     def _create(self, entry: _Entry, spec: SandboxSpec, deadline: float | None) -> None:
         rec = entry.record
-        if rec.host_network:
-            self.store.put(rec.replace(state=READY))
-            entry.record = rec.replace(state=READY)
-            return
-        try:
-            planned = self.network.plan()
-        except libcni.CNIError as exc:
-            raise NetworkError(f'failed to set up network for sandbox "{rec.id}"', exc) from exc
-        if not planned:
-            raise NetworkNotReady(self.network.not_ready_detail())
-        rec = entry.record = rec.replace(netns_path=self._netns.new_path(self.config.cni.netns_dir),
-                                         networks=planned)
+        plan = PodPlan.of(spec.config)   # InvalidArgument before anything is made
+        planned: tuple = ()
+        if not rec.host_network:
+            try:
+                planned = self.network.plan()
+            except libcni.CNIError as exc:
+                raise NetworkError(f'failed to set up network for sandbox "{rec.id}"', exc) from exc
+            if not planned:
+                raise NetworkNotReady(self.network.not_ready_detail())
+            rec = rec.replace(netns_path=self._netns.new_path(self.config.cni.netns_dir),
+                              networks=planned)
+        rec = entry.record = rec.replace(pod_env=self.pod_env is not None)
         self.store.put(rec)   # the intent, before anything is made
+        ips: list[str] = []
         try:
-            self._netns.pin(rec.netns_path, loopback_up=self.config.cni.use_internal_loopback)
-            results = self.network.setup(planned, spec.network, rec.id, rec.netns_path,
-                                         deadline=deadline)
-            results_json = {ifname: result_json(r) for ifname, r in results.items()}
-            ips = pod_ips(results_json, self.config.cni.ip_pref)
-            if not ips:
-                # containerd: "failed to find network info for sandbox"; kubelet would
-                # recreate an IP-less sandbox forever.
-                raise libcni.CNIError(libcni.ERR_UNKNOWN, "no IP address on eth0 in the CNI result",
-                                   json.dumps(results_json.get("eth0", {})))
+            if not rec.host_network:
+                self._netns.pin(rec.netns_path, loopback_up=self.config.cni.use_internal_loopback)
+            if self.pod_env is not None:
+                init = self.pod_env.set_up(rec.id, plan)
+                if init is not None:
+                    rec = entry.record = rec.replace(pid_init=init.to_json())
+                    self.store.put(rec)
+            results_json: dict = {}
+            if not rec.host_network:
+                results = self.network.setup(planned, spec.network, rec.id, rec.netns_path,
+                                             deadline=deadline)
+                results_json = {ifname: result_json(r) for ifname, r in results.items()}
+                ips = pod_ips(results_json, self.config.cni.ip_pref)
+                if not ips:
+                    # containerd: "failed to find network info for sandbox"; kubelet
+                    # would recreate an IP-less sandbox forever.
+                    raise libcni.CNIError(libcni.ERR_UNKNOWN, "no IP address on eth0 in the CNI result",
+                                          json.dumps(results_json.get("eth0", {})))
+            if self.pod_env is not None:
+                self.pod_env.after_network(rec.id, plan, rec.netns_path, ips[0] if ips else "")
             ready = rec.replace(state=READY, results=results_json)
             self.store.put(ready)   # a sandbox not on disk must not exist: undone below
         except BaseException as exc:
-            self._undo(entry, rec)
+            self._undo(entry, entry.record)
             if isinstance(exc, libcni.CNIError):
                 raise NetworkError(f'failed to set up network for sandbox "{rec.id}"', exc) from exc
             raise
         entry.record = ready
-        self._ips[rec.id] = (ready, ips)   # parsed once, here (see ips())
+        if not rec.host_network:
+            self._ips[rec.id] = (ready, ips)   # parsed once, here (see ips())
 
     def _undo(self, entry: _Entry, rec: SandboxRecord) -> None:
         """Undo a half-made sandbox. When the teardown fails it stays NOTREADY with its
@@ -265,10 +293,18 @@ class SandboxManager:
             except StoreError as exc:
                 log.error("sandbox %s: %s; the next start repairs it", rec.id[:12], exc)
             return
+        self._forget_pod_env(rec)
         try:
             self.store.delete(rec.id)
         except StoreError as exc:
             log.error("sandbox %s: %s; the next start removes it", rec.id[:12], exc)
+
+    def _forget_pod_env(self, rec: SandboxRecord) -> None:
+        if self.pod_env is not None and rec.pod_env:
+            try:
+                self.pod_env.remove(rec.id)
+            except Exception as exc:   # a directory left is no reason to keep a record
+                log.error("sandbox %s: cannot remove the pod's directory: %s", rec.id[:12], exc)
 
     # -- StopPodSandbox / RemovePodSandbox ---------------------------------------
 
@@ -292,6 +328,8 @@ class SandboxManager:
             if entry.removed:
                 return
             self._stop(entry, deadline)
+            self.remove_containers(entry.record.id)
+            self._forget_pod_env(entry.record)
             self.store.delete(entry.record.id)
             entry.removed = True
             self._ips.pop(entry.record.id, None)
@@ -303,19 +341,23 @@ class SandboxManager:
 
     def _stop(self, entry: _Entry, deadline: float | None = None) -> None:
         rec = entry.record
-        if rec.state == NOTREADY and not rec.networks:
+        self.stop_containers(rec.id, deadline)
+        if rec.state == NOTREADY and not rec.networks and not rec.pid_init:
             return
         self._teardown(rec, deadline)
-        entry.record = rec.replace(state=NOTREADY, networks=(), results={})
+        entry.record = rec.replace(state=NOTREADY, networks=(), results={}, pid_init=None)
         self.store.put(entry.record)
         log.info("sandbox %s stopped", rec.id[:12])
 
     def _teardown(self, rec: SandboxRecord, deadline: float | None = None) -> None:
-        """DEL the planned networks (best effort), then unpin the netns.
+        """Kill the PID namespace's init, DEL the planned networks (best effort), then
+        unpin the netns and release the pod's other namespaces and /dev/shm.
 
         The netns is unpinned only when every DEL worked: like containerd, a failed DEL
         keeps the sandbox as it is, so a retried stop can finish the job.
         """
+        if self.pod_env is not None and rec.pid_init:
+            self.pod_env.stop_init(PidInit.from_json(rec.pid_init))
         if rec.networks:
             spec = _network_spec_from_record(rec)
             netns = rec.netns_path if self._netns.is_pinned(rec.netns_path) else ""
@@ -325,6 +367,8 @@ class SandboxManager:
                 raise NetworkError(f'failed to destroy network for sandbox "{rec.id}"', exc) from exc
         if rec.netns_path:
             self._netns.unpin(rec.netns_path)
+        if self.pod_env is not None and rec.pod_env:
+            self.pod_env.release(rec.id)
 
     # -- queries ------------------------------------------------------------------
 

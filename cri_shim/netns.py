@@ -1,4 +1,5 @@
-"""Pinning pod network namespaces, the way containerd does.
+"""Pinning pod namespaces: the network one the way containerd does, IPC and UTS the
+way CRI-O's ``pinns`` does.
 
 A pod's netns is a fresh network namespace bind-mounted on
 ``<netns_dir>/cni-<uuid>`` (``/var/run/netns`` by default, so ``ip netns`` sees it).
@@ -66,6 +67,44 @@ def pin(path: str, *, loopback_up: bool = False) -> None:
         raise NetnsError(what, path, detail=proc.stderr.strip() or "unshare failed")
 
 
+def pin_namespace(kind: str, path: str, *, hostname: str = "") -> None:
+    """Create a new IPC or UTS namespace (*kind* ``ipc`` or ``uts``; a UTS one gets
+    *hostname*) and pin it at *path*, as CRI-O's ``pinns`` does: no process is kept in
+    it. Raises ``NetnsError`` naming *path*; nothing is left at *path* then."""
+    what = f"cannot create {kind.upper()} namespace at {path}"
+    try:
+        os.makedirs(os.path.dirname(path), mode=0o755, exist_ok=True)
+    except OSError as exc:
+        raise NetnsError(f"{what}: cannot make {os.path.dirname(path)}", path, exc.errno) from exc
+    try:
+        _PINNER.pin_namespace(kind, path, hostname or "-")
+        return
+    except OSError as exc:
+        if exc.errno == errno.EEXIST or os.path.lexists(path) or exc.errno == errno.EINVAL:
+            raise NetnsError(what, path, exc.errno, detail=exc.strerror or str(exc)) from exc
+        log.warning("namespace pinner helper failed (%s); falling back to unshare(1)", exc)
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CREAT | os.O_EXCL, 0o444)
+    except OSError as exc:
+        raise NetnsError(what, path, exc.errno) from exc
+    os.close(fd)
+    cmd = [_UNSHARE, f"--{kind}={path}"] + (["hostname", hostname] if hostname else ["true"])
+    proc = subprocess.run(cmd, capture_output=True, text=True, close_fds=True)
+    if proc.returncode != 0:
+        unpin(path)
+        raise NetnsError(what, path, detail=proc.stderr.strip() or "unshare failed")
+
+
+def set_sysctl(kind: str, path: str, proc_path: str, value: str, *, name: str = "") -> None:
+    """Write the sysctl at /proc/sys/*proc_path* in the *kind* namespace pinned at
+    *path*. Raises ``NetnsError`` naming the sysctl (*name*, as the pod spelt it)."""
+    try:
+        _PINNER.sysctl(kind, path, proc_path, value)
+    except OSError as exc:
+        raise NetnsError(f'cannot set sysctl "{name or proc_path}" to "{value}"', path, exc.errno,
+                         detail=exc.strerror or str(exc)) from exc
+
+
 def start_helper() -> None:
     """Start the pinner helper now, so the first RunPodSandbox does not wait for it."""
     try:
@@ -75,7 +114,7 @@ def start_helper() -> None:
 
 
 def unpin(path: str) -> None:
-    """Unmount and remove a pinned netns; a missing one is fine (idempotent).
+    """Unmount and remove a pinned namespace; a missing one is fine (idempotent).
     Raises ``NetnsError`` naming *path*."""
     if _libc.umount2(os.fsencode(path), _MNT_DETACH) != 0:
         err = ctypes.get_errno()

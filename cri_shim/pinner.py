@@ -1,14 +1,18 @@
-"""The netns pinner: a small single-threaded helper process that creates pod netns.
+"""The namespace pinner: a small single-threaded helper process that creates pod
+namespaces (network, IPC, UTS) and pins them on files, as containerd pins a netns and
+CRI-O's ``pinns`` pins IPC and UTS, with no process kept in them.
 
-For each request it ``unshare(CLONE_NEWNET)``s itself, bind-mounts its new namespace on
-the requested path, optionally brings ``lo`` up, and ``setns``-es back to the node's
-namespace: the way containerd pins a netns on a locked OS thread, but in a process of
-its own, so no thread of the server ever changes namespace. One pin costs a pipe round
-trip and four syscalls instead of a fork and exec of ``unshare``.
+For each request it ``unshare``s one namespace, prepares it (``lo`` up in a netns, the
+pod's hostname in a UTS namespace), bind-mounts ``/proc/self/ns/<kind>`` on the
+requested path and ``setns``-es back to where it started, in a process of its own, so
+no thread of the server ever changes namespace. One pin costs a pipe round trip and a
+few syscalls instead of a fork and exec of ``unshare``.
 
-Protocol on stdin/stdout, one line each way: ``PIN <0|1 lo up> <path>`` ->
-``OK`` or ``ERR <errno> <message>``. EOF on stdin ends it. If it cannot get back into
-the node's namespace it exits at once (status 3), and the server starts a new one.
+Protocol on stdin/stdout, one line each way: ``PIN <kind> <arg> <path>`` (kind ``net``
+with arg ``lo`` or ``-``; ``uts`` with the hostname or ``-``; ``ipc`` with ``-``), or
+``SYSCTL <kind> <path> <key> <hex value>`` (write ``/proc/sys/<key>`` inside the pinned
+namespace at *path*) -> ``OK`` or ``ERR <errno> <message>``. EOF on stdin ends it. If it cannot get back into
+its own namespace it exits at once (status 3), and the server starts a new one.
 
 This module is also the client side: ``Pinner`` starts, talks to and restarts it.
 """
@@ -20,13 +24,18 @@ import ctypes.util
 import errno
 import fcntl
 import os
+import re
 import socket
 import struct
 import subprocess
 import sys
 import threading
+from collections.abc import Callable
 
 CLONE_NEWNET = 0x40000000
+CLONE_NEWIPC = 0x08000000
+CLONE_NEWUTS = 0x04000000
+KINDS = {"net": CLONE_NEWNET, "ipc": CLONE_NEWIPC, "uts": CLONE_NEWUTS}
 MS_BIND = 4096
 MNT_DETACH = 2
 SIOCGIFFLAGS, SIOCSIFFLAGS, IFF_UP = 0x8913, 0x8914, 0x1
@@ -52,30 +61,24 @@ def _lo_up() -> None:
 def serve() -> int:
     """The helper's loop (``python -m cri_shim.pinner``)."""
     libc = _libc()
-    home = os.open("/proc/self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
-    home_ino = os.fstat(home).st_ino
+    homes = {}
+    for kind in KINDS:
+        fd = os.open(f"/proc/self/ns/{kind}", os.O_RDONLY | os.O_CLOEXEC)
+        homes[kind] = (fd, os.fstat(fd).st_ino)
     out = sys.stdout
     for line in sys.stdin:
         try:
-            cmd, lo, path = line.rstrip("\n").split(" ", 2)
-            if cmd != "PIN":
-                raise OSError(errno.EINVAL, f"unknown request {cmd!r}")
-            fd = os.open(path, os.O_RDONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o444)
-            os.close(fd)
-            try:
-                _check(libc.unshare(CLONE_NEWNET), "unshare")
-                try:
-                    _check(libc.mount(b"/proc/self/ns/net", os.fsencode(path), None, MS_BIND, None),
-                           f"bind mount on {path}")
-                    if lo == "1":
-                        _lo_up()
-                finally:
-                    if libc.setns(home, CLONE_NEWNET) != 0 or os.stat("/proc/self/ns/net").st_ino != home_ino:
-                        os._exit(3)   # stranded in the pod's namespace: die, the server restarts us
-            except OSError:
-                libc.umount2(os.fsencode(path), MNT_DETACH)
-                os.unlink(path)
-                raise
+            cmd, kind, rest = line.rstrip("\n").split(" ", 2)
+            if kind not in KINDS:
+                raise OSError(errno.EINVAL, f"unknown namespace kind {kind}")
+            if cmd == "PIN":
+                arg, path = rest.split(" ", 1)
+                _pin(libc, kind, arg, path, homes[kind])
+            elif cmd == "SYSCTL":
+                path, key, value = rest.split(" ", 2)
+                _sysctl(libc, kind, path, key, bytes.fromhex(value), homes[kind])
+            else:
+                raise OSError(errno.EINVAL, f"unknown request {cmd}")
             out.write("OK\n")
         except OSError as exc:
             out.write(f"ERR {exc.errno or errno.EIO} {exc.strerror or exc}\n".replace("\n", " ").rstrip() + "\n")
@@ -83,6 +86,52 @@ def serve() -> int:
             out.write(f"ERR {errno.EINVAL} malformed request\n")
         out.flush()
     return 0
+
+
+def _pin(libc: ctypes.CDLL, kind: str, arg: str, path: str, home: tuple[int, int]) -> None:
+    flag = KINDS[kind]
+    fd = os.open(path, os.O_RDONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o444)
+    os.close(fd)
+    try:
+        _check(libc.unshare(flag), "unshare")
+        try:
+            if kind == "net" and arg == "lo":
+                _lo_up()
+            elif kind == "uts" and arg != "-":
+                name = arg.encode()
+                _check(libc.sethostname(name, len(name)), f"sethostname {arg!r}")
+            _check(libc.mount(f"/proc/self/ns/{kind}".encode(), os.fsencode(path), None,
+                              MS_BIND, None), f"bind mount on {path}")
+        finally:
+            if libc.setns(home[0], flag) != 0 or os.stat(f"/proc/self/ns/{kind}").st_ino != home[1]:
+                os._exit(3)   # stranded in the pod's namespace: die, the server restarts us
+    except OSError:
+        libc.umount2(os.fsencode(path), MNT_DETACH)
+        os.unlink(path)
+        raise
+
+
+def _sysctl(libc: ctypes.CDLL, kind: str, path: str, key: str, value: bytes,
+            home: tuple[int, int]) -> None:
+    if not _SYSCTL_KEY.fullmatch(key) or ".." in key:
+        raise OSError(errno.EINVAL, f"sysctl {key!r} is not a sysctl name")
+    ns = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        _check(libc.setns(ns, KINDS[kind]), f"setns {path}")
+    finally:
+        os.close(ns)
+    try:
+        fd = os.open(f"/proc/sys/{key}", os.O_WRONLY | os.O_CLOEXEC)
+        try:
+            os.write(fd, value)
+        finally:
+            os.close(fd)
+    finally:
+        if libc.setns(home[0], KINDS[kind]) != 0 or os.stat(f"/proc/self/ns/{kind}").st_ino != home[1]:
+            os._exit(3)
+
+
+_SYSCTL_KEY = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_./-]*")
 
 
 class Pinner:
@@ -106,15 +155,33 @@ class Pinner:
 
     def pin(self, path: str, loopback_up: bool) -> None:
         """Pin a new netns at *path* (which must not exist). Raises OSError."""
-        if "\n" in path:
-            raise OSError(errno.EINVAL, "netns path contains a newline")
+        self.pin_namespace("net", path, "lo" if loopback_up else "-")
+
+    def pin_namespace(self, kind: str, path: str, arg: str = "-") -> None:
+        """Pin a new namespace of *kind* (net, ipc, uts) at *path*, which must not
+        exist; *arg* is ``lo`` (net: bring lo up) or the hostname (uts). Raises
+        OSError."""
+        if "\n" in path or " " in arg or "\n" in arg or not arg:
+            raise OSError(errno.EINVAL, f"cannot pin {kind} namespace at {path!r} ({arg!r})")
+
+        def undo() -> None:
+            _libc().umount2(os.fsencode(path), MNT_DETACH)
+            try:
+                os.unlink(path)
+            except FileNotFoundError:
+                pass
+        self._request(f"PIN {kind} {arg} {path}", undo)
+
+    def _request(self, line: str, undo: Callable[[], None]) -> None:
+        """Send one request and raise its error; a helper that dies mid-request is
+        replaced and the request sent again once, after *undo*."""
         with self._lock:
             for attempt in (1, 2):
                 if self._proc is None or self._proc.poll() is not None:
                     self._proc = self._start()
                 assert self._proc.stdin is not None and self._proc.stdout is not None
                 try:
-                    self._proc.stdin.write(f"PIN {int(loopback_up)} {path}\n")
+                    self._proc.stdin.write(line + "\n")
                     self._proc.stdin.flush()
                     reply = self._proc.stdout.readline()
                 except (BrokenPipeError, OSError):
@@ -122,19 +189,22 @@ class Pinner:
                 if reply:
                     break
                 self._proc.kill()   # died mid-request: once more with a fresh helper,
-                self._proc.wait()   # after undoing whatever half of the pin it did
+                self._proc.wait()   # after undoing whatever half of it was done
                 self._proc = None
-                _libc().umount2(os.fsencode(path), MNT_DETACH)
-                try:
-                    os.unlink(path)
-                except FileNotFoundError:
-                    pass
+                undo()
             else:
-                raise OSError(errno.EIO, "the netns pinner helper keeps dying")
+                raise OSError(errno.EIO, "the namespace pinner helper keeps dying")
         if reply.startswith("OK"):
             return
         _, code, message = (reply.rstrip("\n").split(" ", 2) + ["", ""])[:3]
         raise OSError(int(code) if code.isdigit() else errno.EIO, message)
+
+    def sysctl(self, kind: str, path: str, key: str, value: str) -> None:
+        """Write sysctl *key* (``/``-separated, as under /proc/sys) in the namespace
+        pinned at *path*. Raises OSError."""
+        if " " in path or "\n" in path or " " in key:
+            raise OSError(errno.EINVAL, f"cannot set sysctl {key!r} in {path!r}")
+        self._request(f"SYSCTL {kind} {path} {key} {value.encode().hex()}", lambda: None)
 
     def close(self) -> None:
         with self._lock:

@@ -72,8 +72,9 @@ def answer_unimplemented(servicer: type, service: str) -> None:
     of ``runtime.v1.<service>`` it does not define (the generated base classes would
     say "Method not implemented!")."""
     full = f"runtime.v1.{service}"
+    ours = [k for k in servicer.__mro__ if k is not object and not k.__module__.endswith("_pb2_grpc")]
     for method in pb.DESCRIPTOR.services_by_name[service].methods_by_name:
-        if method not in servicer.__dict__:
+        if not any(method in k.__dict__ for k in ours):
             setattr(servicer, method, _not_implemented(full, method))
 
 

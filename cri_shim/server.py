@@ -19,12 +19,13 @@ from typing import Any
 import grpc
 from google.protobuf import json_format
 
-from . import __version__
 from images.service import ImageService
 
+from . import __version__
 from .api import api_pb2 as pb
 from .api import api_pb2_grpc as pb_grpc
-from .errors import NotFound
+from .containers import ContainerManager
+from .containerserver import ContainerMethods
 from .rpc import RUNTIME_NAME, answer_unimplemented, deadline, rpc
 from .manager import SandboxFilter, SandboxManager
 from .podconfig import parse_pod_config
@@ -39,11 +40,14 @@ _STATE_TO_PB = {READY: pb.SANDBOX_READY, NOTREADY: pb.SANDBOX_NOTREADY}
 _PB_TO_STATE = {pb.SANDBOX_READY: READY, pb.SANDBOX_NOTREADY: NOTREADY}
 
 
-class CRIServicer(pb_grpc.RuntimeServiceServicer):
-    def __init__(self, manager: SandboxManager, images: ImageService | None = None) -> None:
+class CRIServicer(ContainerMethods, pb_grpc.RuntimeServiceServicer):
+    def __init__(self, manager: SandboxManager, images: ImageService | None = None,
+                 containers: ContainerManager | None = None) -> None:
         self.manager = manager
         self.images = images
+        self.containers = containers   # type: ignore[assignment]
         self._frames: dict[str, tuple[SandboxRecord, bytes]] = {}   # see ListPodSandbox
+        self._cpu_samples: dict[str, tuple[int, int]] = {}          # see ContainerStats
 
     # -- runtime ------------------------------------------------------------------
 
@@ -60,6 +64,14 @@ class CRIServicer(pb_grpc.RuntimeServiceServicer):
                                             message=message)
         reply = pb.StatusResponse(status=pb.RuntimeStatus(conditions=[
             pb.RuntimeCondition(type="RuntimeReady", status=True), network_ready]))
+        reply.features.supplemental_groups_policy = True
+        if self.containers is not None:
+            default = self.containers.default_runtime
+            for name in ["", *sorted(self.containers.runtimes)]:
+                runtime = self.containers.runtimes[name or default]
+                features = runtime_features(runtime)
+                reply.runtime_handlers.append(pb.RuntimeHandler(
+                    name=name, features=pb.RuntimeHandlerFeatures(**features)))
         if request.verbose:
             reply.info["cniconfig"] = json.dumps(self.manager.cni_info())
             reply.info["lastCNILoadStatus"] = "OK" if ready else message
@@ -80,7 +92,8 @@ class CRIServicer(pb_grpc.RuntimeServiceServicer):
     @rpc
     def RunPodSandbox(self, request: pb.RunPodSandboxRequest, context: Any) -> pb.RunPodSandboxResponse:
         config = json_format.MessageToDict(request.config, preserving_proto_field_name=True)
-        sandbox_id = self.manager.run(parse_pod_config(config), deadline=deadline(context))
+        sandbox_id = self.manager.run(parse_pod_config(config), deadline=deadline(context),
+                                      runtime_handler=request.runtime_handler)
         return pb.RunPodSandboxResponse(pod_sandbox_id=sandbox_id)
 
     @rpc
@@ -96,20 +109,25 @@ class CRIServicer(pb_grpc.RuntimeServiceServicer):
     @rpc
     def PodSandboxStatus(self, request: pb.PodSandboxStatusRequest, context: Any) -> pb.PodSandboxStatusResponse:
         rec = self.manager.get(request.pod_sandbox_id)
+        reply = pb.PodSandboxStatusResponse(status=self.sandbox_status(rec.id))
+        if request.verbose:
+            reply.info["info"] = json.dumps(verbose_info(rec))
+        return reply
+
+    def sandbox_status(self, sandbox_id: str) -> pb.PodSandboxStatus:
+        rec = self.manager.get(sandbox_id)
         ips = self.manager.ips(rec)
         status = pb.PodSandboxStatus(
             id=rec.id, state=_STATE_TO_PB[_cri_state(rec)], created_at=rec.created_at,
             network=pb.PodSandboxNetworkStatus(
                 ip=ips[0] if ips else "", additional_ips=[pb.PodIP(ip=ip) for ip in ips[1:]]),
-            labels=rec.config.get("labels", {}), annotations=rec.config.get("annotations", {}))
+            labels=rec.config.get("labels", {}), annotations=rec.config.get("annotations", {}),
+            runtime_handler=rec.runtime_handler)
         _fill_metadata(status.metadata, rec)
         ns_opts = (rec.config.get("linux", {}).get("security_context", {})
                    .get("namespace_options", {}))
         json_format.ParseDict(ns_opts, status.linux.namespaces.options)
-        reply = pb.PodSandboxStatusResponse(status=status)
-        if request.verbose:
-            reply.info["info"] = json.dumps(verbose_info(rec))
-        return reply
+        return status
 
     @rpc
     def ListPodSandbox(self, request: pb.ListPodSandboxRequest, context: Any) -> pb.ListPodSandboxResponse:
@@ -143,19 +161,19 @@ class CRIServicer(pb_grpc.RuntimeServiceServicer):
         self._frames[rec.id] = (rec, frame)
         return frame
 
-    # -- containers (none yet: cri-shim networks sandboxes) -----------------------
+def runtime_features(runtime: Any) -> dict[str, bool]:
+    """What a runtime handler can do, as containerd 2.0 finds out: recursive read-only
+    mounts when ``<runtime> features`` lists ``rro`` and the kernel is 5.12 or newer;
+    user namespaces when it lists ``user`` and idmapped mounts (runc 1.2+)."""
+    features = runtime.features()
+    release = os.uname().release.split("-")[0].split(".")
+    kernel = tuple(int(p) for p in release[:2] if p.isdigit())
+    linux = features.get("linux") or {}
+    idmap = ((linux.get("mountExtensions") or {}).get("idmap") or {}).get("enabled") is True
+    return {"recursive_read_only_mounts": "rro" in (features.get("mountOptions") or []) and
+            kernel >= (5, 12),
+            "user_namespaces": "user" in (linux.get("namespaces") or []) and idmap}
 
-    @rpc
-    def ListContainers(self, request: pb.ListContainersRequest, context: Any) -> pb.ListContainersResponse:
-        return pb.ListContainersResponse()
-
-    @rpc
-    def ContainerStatus(self, request: pb.ContainerStatusRequest, context: Any) -> Any:
-        raise NotFound(f'an error occurred when try to find container "{request.container_id}": not found')
-
-    @rpc
-    def ListContainerStats(self, request: Any, context: Any) -> pb.ListContainerStatsResponse:
-        return pb.ListContainerStatsResponse()
 
 def _cri_state(rec: SandboxRecord) -> str:
     # A sandbox still being created is not READY to anyone outside.
@@ -225,11 +243,11 @@ def build_server(runtime: CRIServicer, images: Any, admin: Any, address: str, *,
 
 
 def serve(manager: SandboxManager, image_service: ImageService, address: str,
-          stop: threading.Event) -> None:
-    """Serve until *stop* is set; pods are left as they are."""
+          stop: threading.Event, containers: ContainerManager | None = None) -> None:
+    """Serve until *stop* is set; pods and containers are left as they are."""
     from .imageserver import AdminServicer, ImageServicer
-    server = build_server(CRIServicer(manager, image_service), ImageServicer(image_service),
-                          AdminServicer(image_service), address)
+    server = build_server(CRIServicer(manager, image_service, containers),
+                          ImageServicer(image_service), AdminServicer(image_service), address)
     server.start()
     os.chmod(address, 0o660)
     log.info("cri-shim %s serving CRI on unix://%s", __version__, address)
@@ -237,6 +255,8 @@ def serve(manager: SandboxManager, image_service: ImageService, address: str,
         stop.wait()
     finally:
         log.info("shutting down")
+        if containers is not None:
+            containers.events.close()   # ends GetContainerEvents streams
         server.stop(grace=5).wait()
         try:
             os.unlink(address)

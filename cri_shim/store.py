@@ -63,6 +63,9 @@ class SandboxRecord:
     config: dict[str, Any] = field(default_factory=dict)   # PodSandboxConfig, proto JSON names
     networks: tuple[PlannedNetwork, ...] = ()
     results: dict[str, dict[str, Any]] = field(default_factory=dict)  # ifname -> CNI result
+    runtime_handler: str = ""            # RunPodSandboxRequest.runtime_handler
+    pod_env: bool = False                # has a pod directory (IPC/UTS pins, files, shm)
+    pid_init: dict[str, int] | None = None   # the PID namespace's init (PodEnvironment)
 
     @property
     def labels(self) -> dict[str, str]:

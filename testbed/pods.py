@@ -16,11 +16,12 @@ def pod_config(name: str = "pod", namespace: str = "default", uid: str | None = 
     """A kubelet-shaped ``PodSandboxConfig``: its labels, ``kubernetes.io/config.source``,
     ``log_directory`` ``/var/log/pods/<ns>_<name>_<uid>``; *extra* are more fields."""
     uid = uid or f"uid-{name}"
+    extra.setdefault("log_directory", f"/var/log/pods/{namespace}_{name}_{uid}")
     if cgroup_parent:
         extra.setdefault("linux", pb.LinuxPodSandboxConfig(cgroup_parent=cgroup_parent))
     return pb.PodSandboxConfig(
         metadata=pb.PodSandboxMetadata(name=name, namespace=namespace, uid=uid, attempt=0),
-        hostname=name, log_directory=f"/var/log/pods/{namespace}_{name}_{uid}",
+        hostname=name,
         labels={"io.kubernetes.pod.name": name, "io.kubernetes.pod.namespace": namespace,
                 "io.kubernetes.pod.uid": uid, **(labels or {})},
         annotations={"kubernetes.io/config.source": "api"}, **extra)

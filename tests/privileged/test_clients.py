@@ -109,7 +109,7 @@ def test_kubelet_pod_lifecycle(shim: Shim) -> None:
     v = rt.Version(pb.VersionRequest(version="0.1.0"))
     assert v.version == "0.1.0" and v.runtime_api_version == "v1"
     img.ImageFsInfo(pb.ImageFsInfoRequest())
-    assert rt.RuntimeConfig(pb.RuntimeConfigRequest()).linux.cgroup_driver == pb.SYSTEMD
+    assert rt.RuntimeConfig(pb.RuntimeConfigRequest()).linux.cgroup_driver == pb.CGROUPFS
     rt.UpdateRuntimeConfig(pb.UpdateRuntimeConfigRequest(runtime_config=pb.RuntimeConfig(
         network_config=pb.NetworkConfig(pod_cidr="10.88.0.0/24"))))
     conds = {c.type: c.status for c in rt.Status(pb.StatusRequest()).status.conditions}

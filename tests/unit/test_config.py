@@ -35,7 +35,8 @@ def test_embedded_default() -> None:
     assert cfg.cni.conf_dir == "/etc/cni/net.d"
     assert cfg.address == "/run/cri-shim/cri-shim.sock"
     assert cfg.cni.max_conf_num == 1
-    assert cfg.cgroup_driver == "systemd"
+    assert cfg.cgroup_driver == "cgroupfs"   # containerd 2.0: no SystemdCgroup, no systemd here
+    assert sorted(cfg.containers.runtimes) == ["crun", "runc"] and cfg.containers.default_runtime == "runc"
 
 
 def test_version2_layout() -> None:

@@ -1,0 +1,160 @@
+"""An OCI runtime's command line (runc, crun): state, start, kill, delete, update, exec.
+
+Each runtime keeps its state under a root of ours (``--root``), never the machine's
+default ``/run/runc``, so containers of cri-shim and of anyone else never mix. Errors
+are read as the runtime logs them with ``--log-format json`` (``{"level":"error",
+"msg":...}`` lines on stderr), so a client gets runc's own words, not a wrapper's.
+``create`` is not here: conmon runs it (``runtime.conmon``).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import subprocess
+import time
+from dataclasses import dataclass
+from typing import Any, Sequence
+
+from .errors import ContainerNotFound, RuntimeFailed, RuntimeTimeout
+
+__all__ = ["OCIRuntime", "RuntimeState"]
+
+log = logging.getLogger(__name__)
+
+TIMEOUT = 30.0   # seconds any one runtime command may take
+
+
+@dataclass(frozen=True)
+class RuntimeState:
+    """``runc state``: status is ``creating``, ``created``, ``running``, ``paused`` or
+    ``stopped``; pid is the container's init (0 once stopped)."""
+
+    id: str
+    status: str
+    pid: int
+    bundle: str
+
+
+class OCIRuntime:
+    """*binary* (``/usr/bin/runc``) with its state under *root*; *systemd_cgroup*
+    passes ``--systemd-cgroup`` (cgroupsPath is then ``slice:prefix:name``)."""
+
+    def __init__(self, name: str, binary: str, root: str, *, systemd_cgroup: bool = False) -> None:
+        self.name, self.root = name, root
+        self.binary = shutil.which(binary) or binary
+        self.systemd_cgroup = systemd_cgroup
+        self._features: dict[str, Any] | None = None
+        os.makedirs(root, mode=0o700, exist_ok=True)
+
+    def global_args(self) -> list[str]:
+        """The flags every invocation gets (conmon passes them as ``--runtime-arg``)."""
+        args = ["--root", self.root, "--log-format", "json"]
+        if self.systemd_cgroup:
+            args.append("--systemd-cgroup")
+        return args
+
+    # -- commands -------------------------------------------------------------------
+
+    def state(self, container_id: str) -> RuntimeState:
+        """Raises ``ContainerNotFound`` when the runtime has no such container."""
+        out = self._run(["state", container_id], f"state of container {container_id}")
+        try:
+            doc = json.loads(out)
+            return RuntimeState(doc["id"], doc["status"], int(doc.get("pid") or 0),
+                                doc.get("bundle", ""))
+        except (ValueError, KeyError, TypeError) as exc:
+            raise RuntimeFailed(f"{self.name} state {container_id}", f"unreadable answer {out[:200]!r}"
+                                ) from exc
+
+    def start(self, container_id: str) -> None:
+        self._run(["start", container_id], f"starting container {container_id}")
+
+    def kill(self, container_id: str, signal: int | str, *, all_processes: bool = False) -> None:
+        args = ["kill"] + (["--all"] if all_processes else []) + [container_id, str(signal)]
+        self._run(args, f"signalling container {container_id}")
+
+    def delete(self, container_id: str, *, force: bool = False) -> None:
+        """Delete the runtime's state of the container; a missing one is fine."""
+        try:
+            self._run(["delete"] + (["--force"] if force else []) + [container_id],
+                      f"deleting container {container_id}")
+        except ContainerNotFound:
+            pass
+
+    def update(self, container_id: str, resources: dict[str, Any]) -> None:
+        """``update --resources -``: *resources* is an OCI ``linux.resources`` object."""
+        self._run(["update", "--resources", "-", container_id],
+                  f"updating the resources of container {container_id}",
+                  stdin=json.dumps(resources).encode())
+
+    def features(self) -> dict[str, Any]:
+        """``<runtime> features`` (runc >= 1.1), or {} when the runtime has no such
+        command (crun 1.8) or it fails: then nothing optional is advertised."""
+        if self._features is None:
+            try:
+                self._features = json.loads(self._run(["features"], "features", timeout=10)) or {}
+            except (RuntimeFailed, RuntimeTimeout, ContainerNotFound, ValueError):
+                self._features = {}
+        return self._features
+
+    def list(self) -> list[RuntimeState]:
+        out = self._run(["list", "--format", "json"], "listing containers")
+        doc = json.loads(out or "null") or []
+        return [RuntimeState(d["id"], d["status"], int(d.get("pid") or 0), d.get("bundle", ""))
+                for d in doc]
+
+    def exec_command(self, container_id: str, process_file: str, *, tty: bool = False,
+                     console_socket: str = "", detach: bool = False,
+                     pid_file: str = "") -> list[str]:
+        """The argv of ``exec --process FILE`` (the caller runs it with its own stdio)."""
+        argv = [self.binary, *self.global_args(), "exec", "--process", process_file]
+        if tty:
+            argv += ["--tty", "--console-socket", console_socket]
+        if detach:
+            argv.append("--detach")
+        if pid_file:
+            argv += ["--pid-file", pid_file]
+        return argv + [container_id]
+
+    # -- running it -------------------------------------------------------------------
+
+    def _run(self, args: Sequence[str], what: str, *, stdin: bytes | None = None,
+             timeout: float = TIMEOUT) -> str:
+        argv = [self.binary, *self.global_args(), *args]
+        start = time.perf_counter()
+        try:
+            proc = subprocess.run(argv, input=stdin, capture_output=True, timeout=timeout,
+                                  close_fds=True)
+        except subprocess.TimeoutExpired as exc:
+            raise RuntimeTimeout(f"{what}: {self.name} did not answer in {timeout:.0f}s") from exc
+        except OSError as exc:
+            raise RuntimeFailed(what, f"cannot run {self.binary}: {exc.strerror}", tuple(argv)) from exc
+        log.debug("%s %s rc=%d duration_ms=%.1f", self.name, " ".join(args), proc.returncode,
+                  (time.perf_counter() - start) * 1e3)
+        if proc.returncode != 0:
+            message = error_message(proc.stderr.decode("utf-8", "replace"))
+            if "does not exist" in message or "not found" in message.lower():
+                raise ContainerNotFound(f"{what}: {message}")
+            raise RuntimeFailed(what, message, tuple(argv))
+        return proc.stdout.decode("utf-8", "replace")
+
+
+def error_message(stderr: str) -> str:
+    """What an OCI runtime said went wrong: the ``msg`` of its JSON ``error`` log lines
+    (runc and crun with ``--log-format json``), else its stderr as it is."""
+    messages = []
+    for line in stderr.splitlines():
+        line = line.strip()
+        if not line:
+            continue
+        try:
+            entry = json.loads(line)
+        except ValueError:
+            messages.append(line)
+            continue
+        if isinstance(entry, dict) and entry.get("level") in ("error", "fatal", None):
+            messages.append(str(entry.get("msg", line)))
+    return "; ".join(messages) or stderr.strip()
