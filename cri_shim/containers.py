@@ -39,10 +39,10 @@ from google.protobuf import json_format
 from images.service import ImageService
 from oci.spec import linux_resources
 from runtime import cgroups, rootfs
-from runtime.conmon import CTL_REOPEN, Conmon, ExecResult
+from runtime.conmon import CTL_REOPEN, Conmon
 from runtime.errors import ContainerNotFound, RootfsError, RuntimeDriverError, RuntimeFailed
 from runtime.monitor import ExitMonitor, start_time
-from runtime.ocicli import OCIRuntime
+from runtime.ocicli import ExecResult, OCIRuntime
 
 from .api import api_pb2 as pb
 from .containerspec import SpecInputs, build_spec, resources_of, swap_controller
@@ -497,8 +497,7 @@ class ContainerManager:
         process = dict(self.spec(rec).get("process") or {})
         process.update(args=list(cmd), terminal=False)
         process.pop("consoleSize", None)
-        result = self.conmon.exec_sync(self._runtime(rec), rec.id, process, timeout,
-                                       work_dir=rec.bundle)
+        result = self._runtime(rec).exec_sync(rec.id, process, timeout, work_dir=rec.bundle)
         if result.timed_out:
             raise DeadlineExceeded(f"command {' '.join(cmd)!r} timed out after {timeout:g}s")
         return result

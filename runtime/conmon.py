@@ -14,9 +14,9 @@ Files, per container: the bundle (``config.json``, ``rootfs``, conmon's ``pidfil
 ``--full-attach``, and, conmon's persist dir being the bundle, ``exit`` and ``oom``),
 and ``<exit_dir>/<id>``: the exit status in decimal, no newline, 128+N for a signal.
 
-``exec_sync`` runs a command the way CRI-O's ExecSync does, through conmon with
-``--exec --sync``: conmon runs ``runc exec --detach``, kills the command's process
-group at the timeout, and writes its output to a log we parse into stdout and stderr.
+ExecSync does not go through conmon (``OCIRuntime.exec_sync`` runs ``runc exec``
+itself): conmon's exec exits right after killing a command that timed out, and the
+killed command, orphaned, is left a zombie wherever no init reaps it.
 """
 
 from __future__ import annotations
@@ -28,20 +28,17 @@ import os
 import select
 import socket
 import subprocess
-import tempfile
 import time
 from dataclasses import dataclass
 
 from .errors import RuntimeFailed, RuntimeTimeout
-from .logs import parse_cri_log
 from .ocicli import OCIRuntime, error_message
 
-__all__ = ["Conmon", "Created", "ExecResult", "CTL_REOPEN", "MAX_EXEC_OUTPUT"]
+__all__ = ["Conmon", "Created", "CTL_REOPEN"]
 
 log = logging.getLogger(__name__)
 
 CREATE_TIMEOUT = 60.0          # seconds runc create may take (image hooks, cgroups)
-MAX_EXEC_OUTPUT = 16 << 20     # bytes of ExecSync output kept (CRI-O and kubelet's cap)
 CTL_REOPEN = "2 0 0\n"         # the ctl FIFO message that makes conmon reopen the log
 _PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
@@ -50,14 +47,6 @@ _PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 class Created:
     pid: int            # the container's init
     conmon_pid: int     # the long-lived conmon
-
-
-@dataclass(frozen=True)
-class ExecResult:
-    exit_code: int
-    stdout: bytes
-    stderr: bytes
-    timed_out: bool = False
 
 
 class Conmon:
@@ -117,7 +106,7 @@ class Conmon:
     def _launch(self, args: list[str], cwd: str, timeout: float, what: str, *,
                 then: float = 0) -> tuple[dict, dict | None, subprocess.Popen]:
         """Run conmon with its two pipes; returns its first sync-pipe message and,
-        with *then* > 0 (exec), the second (the exit), waited for that long."""
+        with *then* > 0 (an exec's), the second (the exit), waited for that long."""
         sync_ours, sync_theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         start_ours, start_theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         env = {"PATH": os.environ.get("PATH", _PATH), "TZ": "UTC",
@@ -166,46 +155,6 @@ class Conmon:
         except ValueError as exc:
             raise RuntimeFailed(what, f"conmon said {line[:200]!r} {second!r}") from exc
         return reply, exit_reply, proc
-
-    # -- exec -------------------------------------------------------------------------
-
-    def exec_sync(self, runtime: OCIRuntime, container_id: str, process: dict,
-                  timeout: float, *, work_dir: str) -> ExecResult:
-        """Run *process* (an OCI process object) in the container and wait for it, at
-        most *timeout* seconds (0: no limit)."""
-        with tempfile.TemporaryDirectory(prefix="exec-", dir=work_dir) as tmp:
-            spec = os.path.join(tmp, "process.json")
-            with open(spec, "w") as f:
-                json.dump(process, f)
-            log_file = os.path.join(tmp, "log")
-            args = [self.binary, "--api-version", "1", "-c", container_id, "-u", container_id,
-                    "-n", container_id, "-r", runtime.binary, "-p", os.path.join(tmp, "pid"),
-                    "-e", "--sync", "-l", log_file, "--log-global-size-max", str(MAX_EXEC_OUTPUT),
-                    "--socket-dir-path", self.socket_dir, "--log-level", self.log_level,
-                    "--exec-process-spec", spec]
-            args += [f"--runtime-arg={a}" for a in runtime.global_args()]
-            if runtime.systemd_cgroup:
-                args.append("--systemd-cgroup")
-            if process.get("terminal"):
-                args.append("-t")
-            if timeout > 0:
-                args += ["-T", str(max(1, int(timeout + 0.999)))]
-            what = f"exec in container {container_id}"
-            wait = (timeout if timeout > 0 else 24 * 3600) + 30
-            first, last, _ = self._launch(args, tmp, CREATE_TIMEOUT, what, then=wait)
-            pid = int(first.get("data", -1))
-            if pid <= 0:
-                raise RuntimeFailed(what, error_message(str(first.get("message", ""))) or
-                                    "conmon reported no process")
-            if last is None:
-                raise RuntimeTimeout(f"{what}: conmon did not report the exit")
-            code = int(last.get("data", -1))
-            stdout, stderr = _split_log(log_file)
-            if code == -1 and "timed out" in str(last.get("message", "")):
-                return ExecResult(-1, stdout, stderr, timed_out=True)
-            if code < 0:
-                raise RuntimeFailed(what, error_message(str(last.get("message", ""))))
-            return ExecResult(code, stdout, stderr)
 
     # -- after create -------------------------------------------------------------------
 
@@ -267,18 +216,6 @@ class _LineReader:
             self.buffer += chunk
         line, self.buffer = self.buffer.split(b"\n", 1)
         return line.decode("utf-8", "replace")
-
-
-def _split_log(path: str) -> tuple[bytes, bytes]:
-    try:
-        with open(path, "rb") as f:
-            data = f.read(MAX_EXEC_OUTPUT * 2 + (1 << 20))
-    except FileNotFoundError:
-        return b"", b""
-    out, err = bytearray(), bytearray()
-    for entry in parse_cri_log(data):
-        (out if entry.stream == "stdout" else err).extend(entry.content)
-    return bytes(out[:MAX_EXEC_OUTPUT]), bytes(err[:MAX_EXEC_OUTPUT])
 
 
 def _unlink(path: str) -> None:

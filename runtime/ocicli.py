@@ -12,19 +12,23 @@ from __future__ import annotations
 import json
 import logging
 import os
+import select
 import shutil
+import signal
 import subprocess
+import tempfile
 import time
 from dataclasses import dataclass
 from typing import Any, Sequence
 
 from .errors import ContainerNotFound, RuntimeFailed, RuntimeTimeout
 
-__all__ = ["OCIRuntime", "RuntimeState"]
+__all__ = ["OCIRuntime", "RuntimeState", "ExecResult", "MAX_EXEC_OUTPUT"]
 
 log = logging.getLogger(__name__)
 
 TIMEOUT = 30.0   # seconds any one runtime command may take
+MAX_EXEC_OUTPUT = 16 << 20   # bytes of each ExecSync stream kept (CRI-O's and kubelet's cap)
 
 
 @dataclass(frozen=True)
@@ -106,6 +110,36 @@ class OCIRuntime:
         return [RuntimeState(d["id"], d["status"], int(d.get("pid") or 0), d.get("bundle", ""))
                 for d in doc]
 
+    def exec_sync(self, container_id: str, process: dict[str, Any], timeout: float, *,
+                  work_dir: str) -> ExecResult:
+        """Run *process* (an OCI process object) in the container, as ExecSync: wait at
+        most *timeout* seconds (0: no limit), keep at most ``MAX_EXEC_OUTPUT`` bytes
+        of each stream. At the timeout the command is killed with its descendants;
+        ``runc exec``, its parent, reaps it, so nothing is left even in a container
+        whose init does not reap."""
+        with tempfile.TemporaryDirectory(prefix="exec-", dir=work_dir) as tmp:
+            spec, pid_file = os.path.join(tmp, "process.json"), os.path.join(tmp, "pid")
+            with open(spec, "w") as f:
+                json.dump(process, f)
+            argv = self.exec_command(container_id, spec, pid_file=pid_file)
+            try:
+                proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                        stderr=subprocess.PIPE, close_fds=True,
+                                        start_new_session=True)
+            except OSError as exc:
+                raise RuntimeFailed(f"exec in container {container_id}",
+                                    f"cannot run {self.binary}: {exc.strerror}") from exc
+            deadline = time.monotonic() + timeout if timeout > 0 else None
+            out, err, timed_out = _collect(proc, deadline, lambda: _kill_tree(pid_file))
+            code = proc.wait()
+        if timed_out:
+            return ExecResult(-1, out, err, timed_out=True)
+        if code != 0 and not os.path.exists(pid_file) and not out:
+            # runc itself failed (the binary is not in the image, say): its words
+            raise RuntimeFailed(f"exec in container {container_id}",
+                                error_message(err.decode("utf-8", "replace")), tuple(argv))
+        return ExecResult(code, out, err)
+
     def exec_command(self, container_id: str, process_file: str, *, tty: bool = False,
                      console_socket: str = "", detach: bool = False,
                      pid_file: str = "") -> list[str]:
@@ -140,6 +174,73 @@ class OCIRuntime:
                 raise ContainerNotFound(f"{what}: {message}")
             raise RuntimeFailed(what, message, tuple(argv))
         return proc.stdout.decode("utf-8", "replace")
+
+
+@dataclass(frozen=True)
+class ExecResult:
+    exit_code: int
+    stdout: bytes
+    stderr: bytes
+    timed_out: bool = False
+
+
+def _collect(proc: subprocess.Popen, deadline: float | None,
+             on_timeout: Any) -> tuple[bytes, bytes, bool]:
+    """Read *proc*'s stdout and stderr to their ends (at most ``MAX_EXEC_OUTPUT``
+    each is kept); at *deadline* call *on_timeout* once and read on to the ends."""
+    assert proc.stdout is not None and proc.stderr is not None
+    out_fd, err_fd = proc.stdout.fileno(), proc.stderr.fileno()
+    bufs = {out_fd: bytearray(), err_fd: bytearray()}
+    open_fds = set(bufs)
+    timed_out = False
+    while open_fds:
+        wait = None if deadline is None or timed_out else max(deadline - time.monotonic(), 0)
+        ready, _, _ = select.select(list(open_fds), [], [], wait)
+        if not ready and not timed_out:
+            timed_out = True
+            on_timeout()
+            continue
+        for fd in ready:
+            chunk = os.read(fd, 1 << 16)
+            if not chunk:
+                open_fds.discard(fd)
+                continue
+            buf = bufs[fd]
+            if len(buf) < MAX_EXEC_OUTPUT:
+                buf.extend(chunk[:MAX_EXEC_OUTPUT - len(buf)])
+    proc.stdout.close()
+    proc.stderr.close()
+    return bytes(bufs[out_fd]), bytes(bufs[err_fd]), timed_out
+
+
+def _kill_tree(pid_file: str) -> None:
+    """SIGKILL the exec'd process and every process below it."""
+    try:
+        with open(pid_file) as f:
+            root = int(f.read().strip())
+    except (OSError, ValueError):
+        return
+    children: dict[int, list[int]] = {}
+    for name in os.listdir("/proc"):
+        if not name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{name}/stat") as f:
+                text = f.read()
+        except OSError:
+            continue
+        ppid = int(text[text.rfind(")") + 2:].split()[1])
+        children.setdefault(ppid, []).append(int(name))
+    todo, victims = [root], []
+    while todo:
+        pid = todo.pop()
+        victims.append(pid)
+        todo.extend(children.get(pid, ()))
+    for pid in victims:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
 
 
 def error_message(stderr: str) -> str:

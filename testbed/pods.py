@@ -14,11 +14,14 @@ def pod_config(name: str = "pod", namespace: str = "default", uid: str | None = 
                labels: dict[str, str] | None = None, cgroup_parent: str = "",
                **extra: Any) -> pb.PodSandboxConfig:
     """A kubelet-shaped ``PodSandboxConfig``: its labels, ``kubernetes.io/config.source``,
-    ``log_directory`` ``/var/log/pods/<ns>_<name>_<uid>``; *extra* are more fields."""
+    ``log_directory`` ``/var/log/pods/<ns>_<name>_<uid>``, PID namespace per container;
+    *extra* are more fields (``linux`` replaces the namespaces and cgroup parent)."""
     uid = uid or f"uid-{name}"
     extra.setdefault("log_directory", f"/var/log/pods/{namespace}_{name}_{uid}")
-    if cgroup_parent:
-        extra.setdefault("linux", pb.LinuxPodSandboxConfig(cgroup_parent=cgroup_parent))
+    # kubelet's namespaces for a pod without shareProcessNamespace: PID per container.
+    extra.setdefault("linux", pb.LinuxPodSandboxConfig(
+        cgroup_parent=cgroup_parent, security_context=pb.LinuxSandboxSecurityContext(
+            namespace_options=pb.NamespaceOption(pid=pb.CONTAINER))))
     return pb.PodSandboxConfig(
         metadata=pb.PodSandboxMetadata(name=name, namespace=namespace, uid=uid, attempt=0),
         hostname=name,

@@ -11,6 +11,7 @@ records, cache files, host-local IPs.
 from __future__ import annotations
 
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -179,17 +180,96 @@ state = "{self.state}"
         d = self.cache_dir / "results"
         return sorted(p.name for p in d.iterdir()) if d.exists() else []
 
-    def leftovers(self, network: str = "") -> dict[str, list[str]]:
-        """Everything the server's pods left: netns, veths in the node, records,
-        libcni cache files and (for *network*) host-local's IP files."""
-        found = {"netns": self.pinned(), "veth": self.veths(), "state": self.state_files(),
-                 "cache": self.cache_files()}
+    def mounts(self) -> list[str]:
+        """Mount points under the work dir (rootfs overlays, pod namespaces, /dev/shm)."""
+        out = []
+        with open("/proc/self/mountinfo") as f:
+            for line in f:
+                point = line.split()[4].replace("\\040", " ")
+                if point.startswith(str(self.work) + "/"):
+                    out.append(point)
+        return sorted(out)
+
+    def runtime_states(self) -> list[str]:
+        """Containers the OCI runtimes still hold under the server's runtime roots."""
+        out = []
+        base = self.state / "runtime"
+        for root in sorted(base.iterdir()) if base.exists() else []:
+            binary = root.name
+            proc = subprocess.run([binary, "--root", str(root), "list", "-q"], capture_output=True,
+                                  text=True)
+            out += [f"{binary}:{c}" for c in proc.stdout.split()]
+        return out
+
+    def monitors(self) -> list[int]:
+        """conmon (and PID-init) processes started for this server's containers."""
+        out = []
+        for pid in os.listdir("/proc"):
+            if not pid.isdigit():
+                continue
+            try:
+                cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+            except OSError:
+                continue
+            if cmdline and os.path.basename(cmdline[0]) in (b"conmon", b"unshare") and \
+                    any(str(self.state).encode() in a for a in cmdline):
+                out.append(int(pid))
+        return out
+
+    def container_cgroups(self) -> list[str]:
+        """cgroup dirs named after this server's containers (cri-shim's default parent)."""
+        out = []
+        for top in Path("/sys/fs/cgroup").iterdir():
+            d = top / "cri-shim"
+            if d.is_dir():
+                out += [f"{top.name}/{c.name}" for c in d.iterdir() if c.is_dir()]
+        return sorted(out)
+
+    def container_files(self) -> list[str]:
+        """Container records, bundles and writable layers left on disk."""
+        out = []
+        for d in (self.root / "containers", self.state / "containers", self.state / "pods"):
+            if d.exists():
+                out += [f"{d.name}/{p.name}" for p in d.iterdir() if p.name != "records"]
+        records = self.root / "containers" / "records"
+        if records.exists():
+            out += [f"records/{p.name}" for p in records.iterdir()]
+        return sorted(out)
+
+    def leftovers(self, network: str = "") -> dict[str, list]:
+        """Everything the server's pods and containers left: netns, veths in the node,
+        records, libcni cache files, (for *network*) host-local's IP files, mounts,
+        runtime state, conmon processes, cgroups and container files."""
+        found: dict[str, list] = {
+            "netns": self.pinned(), "veth": self.veths(), "state": self.state_files(),
+            "cache": self.cache_files(), "mounts": self.mounts(),
+            "runtime": self.runtime_states(), "monitors": self.monitors(),
+            "cgroups": self.container_cgroups(), "containers": self.container_files()}
         if network:
             found["ip"] = self.ip_files(network)
         return {k: v for k, v in found.items() if v}
 
     def force_clean(self) -> None:
-        """Last resort after a test or a run: unpin whatever is still pinned."""
+        """Last resort after a test or a run: kill the containers' monitors, delete the
+        runtimes' containers, unmount and unpin whatever is still there."""
         from cri_shim import netns
+        for pid in self.monitors():
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        base = self.state / "runtime"
+        for root in sorted(base.iterdir()) if base.exists() else []:
+            for c in subprocess.run([root.name, "--root", str(root), "list", "-q"],
+                                    capture_output=True, text=True).stdout.split():
+                subprocess.run([root.name, "--root", str(root), "delete", "--force", c],
+                               capture_output=True)
+        for point in reversed(self.mounts()):
+            subprocess.run(["umount", "-l", point], capture_output=True)
         for name in self.pinned():
             netns.unpin(str(self.netns_dir / name))
+        for cg in self.container_cgroups():
+            try:
+                os.rmdir(f"/sys/fs/cgroup/{cg.split('/')[0]}/cri-shim/{cg.split('/', 1)[1]}")
+            except OSError:
+                pass
