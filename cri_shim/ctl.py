@@ -5,7 +5,8 @@ without crictl. Output follows crictl's.
                  stopp ID... | rmp [-f] ID... | pods [--id ID] [--state S] [--label K=V] [-q]
 
 and the image commands of ``cri_shim.ctlimages`` (pull, images, inspecti, rmi,
-imagefsinfo, import).
+imagefsinfo, import) and the container commands of ``cri_shim.ctlcontainers`` (create,
+start, ps, inspect, logs, exec -s, stop, rm, stats).
 """
 
 from __future__ import annotations
@@ -14,15 +15,13 @@ import argparse
 import json
 import os
 import sys
-import time
 from typing import Any
 
 import grpc
-import yaml
-from google.protobuf import json_format
 
 from . import ctlimages
-from .ctlprint import CtlError, print_status, to_dict
+from . import ctlcontainers
+from .ctlprint import CtlError, add_labels, ago, load_config, print_status, table, to_dict
 from .api import admin_pb2_grpc
 from .api import api_pb2 as pb
 from .api import api_pb2_grpc as pb_grpc
@@ -32,19 +31,7 @@ DEFAULT_ENDPOINT = "unix:///run/cri-shim/cri-shim.sock"
 
 def load_pod_config(path: str) -> pb.PodSandboxConfig:
     """Read a pod config file as crictl does: JSON or YAML, snake_case keys, enums as numbers."""
-    try:
-        with open(path, encoding="utf-8") as f:
-            doc = yaml.safe_load(f)
-    except OSError as exc:
-        raise CtlError(f"cannot read pod config {path}: {exc.strerror}") from exc
-    except yaml.YAMLError as exc:
-        raise CtlError(f"pod config {path} is neither JSON nor YAML: {exc}") from exc
-    if not isinstance(doc, dict):
-        raise CtlError(f"pod config {path}: want an object with metadata, labels, ..., not {type(doc).__name__}")
-    try:
-        return json_format.ParseDict(doc, pb.PodSandboxConfig())
-    except json_format.ParseError as exc:
-        raise CtlError(f"pod config {path}: {exc}") from exc
+    return load_config(path, pb.PodSandboxConfig(), "pod config")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -71,6 +58,7 @@ def main(argv: list[str] | None = None) -> int:
     pods.add_argument("-q", "--quiet", action="store_true", help="ids only")
     pods.add_argument("-o", "--output", choices=["table", "json"], default="table")
     ctlimages.add_parsers(sub)
+    ctlcontainers.add_parsers(sub)
     args = p.parse_args(argv)
 
     target = args.runtime_endpoint
@@ -153,11 +141,7 @@ def _rmp(c: _Client, args: argparse.Namespace) -> int:
 
 def _pods(c: _Client, args: argparse.Namespace) -> int:
     flt = pb.PodSandboxFilter(id=args.id)
-    for kv in args.label:
-        k, sep, v = kv.partition("=")
-        if not sep:
-            raise CtlError(f"--label {kv!r}: want KEY=VALUE")
-        flt.label_selector[k] = v
+    add_labels(flt.label_selector, args.label)
     if args.state:
         flt.state.state = pb.SANDBOX_READY if args.state == "ready" else pb.SANDBOX_NOTREADY
     items = sorted(c.ListPodSandbox(pb.ListPodSandboxRequest(filter=flt)).items,
@@ -170,24 +154,14 @@ def _pods(c: _Client, args: argparse.Namespace) -> int:
     else:
         rows = [("POD ID", "CREATED", "STATE", "NAME", "NAMESPACE", "ATTEMPT", "RUNTIME")]
         for i in items:
-            rows.append((i.id[:13], _ago(i.created_at),
+            rows.append((i.id[:13], ago(i.created_at),
                          "Ready" if i.state == pb.SANDBOX_READY else "NotReady",
                          i.metadata.name, i.metadata.namespace, str(i.metadata.attempt),
                          i.runtime_handler or "(default)"))
-        widths = [max(len(r[col]) for r in rows) + 3 for col in range(len(rows[0]) - 1)]
-        for r in rows:
-            print("".join(cell.ljust(w) for cell, w in zip(r, widths)) + r[-1])
+        table(rows)
     return 0
 
 
-def _ago(ns: int) -> str:
-    secs = max(0, int(time.time() - ns / 1e9))
-    for unit, size in (("day", 86400), ("hour", 3600), ("minute", 60)):
-        if secs >= size:
-            n = secs // size
-            return f"{n} {unit}{'s' if n > 1 else ''} ago"
-    return "Less than a second ago" if secs < 1 else f"{secs} seconds ago"
-
-
 _COMMANDS = {"version": _version, "info": _info, "runp": _runp, "inspectp": _inspectp,
-             "stopp": _stopp, "rmp": _rmp, "pods": _pods, **ctlimages.COMMANDS}
+             "stopp": _stopp, "rmp": _rmp, "pods": _pods, **ctlimages.COMMANDS,
+             **ctlcontainers.COMMANDS}

@@ -17,7 +17,7 @@ import grpc
 
 from .api import admin_pb2 as admin
 from .api import api_pb2 as pb
-from .ctlprint import CtlError, print_status, to_dict
+from .ctlprint import CtlError, human_size, print_status, table, to_dict
 
 __all__ = ["add_parsers", "COMMANDS"]
 
@@ -91,22 +91,11 @@ def _images(c: Any, args: argparse.Namespace) -> int:
             [[(image.repo_digests[0].split("@")[0] if image.repo_digests else "<none>"), "<none>"]]
         for repo, tag in names:
             short_id = image.id.removeprefix("sha256:")[:13]
-            row = (repo, tag, digest, short_id, _size(image.size)) if args.digests else \
-                (repo, tag, short_id, _size(image.size))
+            row = (repo, tag, digest, short_id, human_size(image.size, 3)) if args.digests else \
+                (repo, tag, short_id, human_size(image.size, 3))
             rows.append(row)
-    widths = [max(len(r[i]) for r in rows) + 3 for i in range(len(rows[0]) - 1)]
-    for r in rows:
-        print("".join(cell.ljust(w) for cell, w in zip(r, widths)) + r[-1])
+    table(rows)
     return 0
-
-
-def _size(n: int) -> str:
-    # crictl: HumanSizeWithPrecision(size, 3), decimal units.
-    for unit in ("B", "kB", "MB", "GB", "TB"):
-        if n < 1000 or unit == "TB":
-            return f"{n:.3g}{unit}"
-        n /= 1000
-    return f"{n}"
 
 
 def _inspecti(c: Any, args: argparse.Namespace) -> int:

@@ -90,7 +90,8 @@ class PodWorld:
 
     def create(self, sandbox_id: str, config: pb.ContainerConfig) -> str:
         return self.rt.CreateContainer(pb.CreateContainerRequest(
-            pod_sandbox_id=sandbox_id, config=config, sandbox_config=self.configs[sandbox_id]),
+            pod_sandbox_id=sandbox_id, config=config,
+            sandbox_config=self.configs.get(sandbox_id, pb.PodSandboxConfig())),
             timeout=60).container_id
 
     def start_container(self, container_id: str) -> None:

@@ -475,3 +475,52 @@ def archive(layout: ImageLayout, path: Path | str, kind: str = "docker", *,
         raise ValueError(f"archive kind {kind!r}: docker or oci")
     skopeo("copy", "--quiet", *dest[:-1], layout.ref, dest[-1], scratch=path.parent)
     return path
+
+
+# -- images without busybox and indexes over images already written -----------------------
+# (added beside busybox_image rather than folded into it: the critest images need a
+# pause image with nothing but /pause, and an index over images built separately)
+
+__all__ += ["scratch_image", "image_index"]
+
+
+def scratch_image(layout_dir: Path | str, files: Mapping[str, FileSpec], *,
+                  tag: str | None = "latest", user: str | None = None,
+                  entrypoint: Sequence[str] | None = None, cmd: Sequence[str] | None = None,
+                  env: Sequence[str] = (PATH_ENV,), arch: str = "amd64", variant: str = "",
+                  extra_config: Mapping[str, Any] | None = None) -> ImageLayout:
+    """An image of one layer holding *files* only (``FROM scratch``: no busybox), into
+    the OCI layout *layout_dir* as *tag* (None: blobs only); the config as in
+    ``busybox_image``."""
+    layout = Path(layout_dir)
+    config: dict[str, Any] = {"Env": list(env)}
+    for key, value in (("User", user), ("Entrypoint", entrypoint and list(entrypoint)),
+                       ("Cmd", cmd and list(cmd))):
+        if value:
+            config[key] = value
+    config.update(extra_config or {})
+    layer = _write_layer(layout, files)
+    platform = {"architecture": arch, "os": "linux", **({"variant": variant} if variant else {})}
+    cfg = {"created": CREATED, **platform, "config": config,
+           "rootfs": {"type": "layers", "diff_ids": [layer.diff_id]},
+           "history": [{"created": CREATED, "created_by": "testbed.imagebuild scratch layer"}]}
+    cfg_digest, cfg_size = _write_blob(layout, json.dumps(cfg, indent=1).encode())
+    manifest = {"schemaVersion": 2, "mediaType": OCI_MANIFEST,
+                "config": {"mediaType": OCI_CONFIG, "digest": cfg_digest, "size": cfg_size},
+                "layers": [{"mediaType": layer.media_type, "digest": layer.digest, "size": layer.size}]}
+    digest, size = _write_blob(layout, json.dumps(manifest, indent=1).encode())
+    image = ImageLayout(layout, tag or "", digest, OCI_MANIFEST, size, platform, cfg_digest, (layer,))
+    if tag:
+        _tag(layout, tag, image.descriptor())
+    return image
+
+
+def image_index(layout_dir: Path | str, images: Sequence[ImageLayout], *,
+                tag: str = "latest") -> ImageLayout:
+    """An image index as *tag* in the OCI layout *layout_dir* over *images*, which
+    must already be in that layout (built there with ``tag=None``)."""
+    layout = Path(layout_dir)
+    index = {"schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": [i.descriptor() for i in images]}
+    digest, size = _write_blob(layout, json.dumps(index, indent=1).encode())
+    _tag(layout, tag, {"mediaType": OCI_INDEX, "digest": digest, "size": size})
+    return ImageLayout(layout, tag, digest, OCI_INDEX, size, manifests=tuple(images))

@@ -18,13 +18,13 @@ def pod_config(name: str = "pod", namespace: str = "default", uid: str | None = 
     *extra* are more fields (``linux`` replaces the namespaces and cgroup parent)."""
     uid = uid or f"uid-{name}"
     extra.setdefault("log_directory", f"/var/log/pods/{namespace}_{name}_{uid}")
+    extra.setdefault("hostname", name)
     # kubelet's namespaces for a pod without shareProcessNamespace: PID per container.
     extra.setdefault("linux", pb.LinuxPodSandboxConfig(
         cgroup_parent=cgroup_parent, security_context=pb.LinuxSandboxSecurityContext(
             namespace_options=pb.NamespaceOption(pid=pb.CONTAINER))))
     return pb.PodSandboxConfig(
         metadata=pb.PodSandboxMetadata(name=name, namespace=namespace, uid=uid, attempt=0),
-        hostname=name,
         labels={"io.kubernetes.pod.name": name, "io.kubernetes.pod.namespace": namespace,
                 "io.kubernetes.pod.uid": uid, **(labels or {})},
         annotations={"kubernetes.io/config.source": "api"}, **extra)
