@@ -423,11 +423,10 @@ class ContainerManager:
         log.info("container %s removed", rec.id[:12])
 
     def stop_sandbox(self, sandbox_id: str, deadline: float | None) -> None:
-        """Stop a pod's containers (StopPodSandbox), each with its grace period cut
-        to what is left of the caller's deadline."""
+        """Stop a pod's containers (StopPodSandbox) as containerd does: killed at once
+        (kubelet has stopped them with their grace periods before)."""
         for rec in self.list(ContainerFilter(sandbox_id=sandbox_id)):
-            left = 10.0 if deadline is None else max(deadline - time.monotonic(), 0)
-            self.stop(rec.id, min(left, 10.0))
+            self.stop(rec.id, 0)
 
     def remove_sandbox(self, sandbox_id: str) -> None:
         for rec in self.list(ContainerFilter(sandbox_id=sandbox_id)):

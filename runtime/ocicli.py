@@ -134,8 +134,8 @@ class OCIRuntime:
             code = proc.wait()
         if timed_out:
             return ExecResult(-1, out, err, timed_out=True)
-        if code != 0 and not os.path.exists(pid_file) and not out:
-            # runc itself failed (the binary is not in the image, say): its words
+        if code != 0 and _runtime_error(err):
+            # runc itself failed (the command is not in the image, say): its words
             raise RuntimeFailed(f"exec in container {container_id}",
                                 error_message(err.decode("utf-8", "replace")), tuple(argv))
         return ExecResult(code, out, err)
@@ -211,6 +211,19 @@ def _collect(proc: subprocess.Popen, deadline: float | None,
     proc.stdout.close()
     proc.stderr.close()
     return bytes(bufs[out_fd]), bytes(bufs[err_fd]), timed_out
+
+
+def _runtime_error(stderr: bytes) -> bool:
+    """Whether *stderr* is the runtime's own error log (JSON lines with a level), not
+    the command's."""
+    lines = [ln for ln in stderr.splitlines() if ln.strip()]
+    if not lines:
+        return False
+    try:
+        return all(isinstance(d := json.loads(ln), dict) and "level" in d and "msg" in d
+                   for ln in lines)
+    except ValueError:
+        return False
 
 
 def _kill_tree(pid_file: str) -> None:

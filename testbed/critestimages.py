@@ -33,6 +33,7 @@ by this module's and imagebuild's source), so a second ``build_all`` reuses them
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -46,7 +47,7 @@ from pathlib import Path
 from typing import Any, Iterable, Mapping
 
 from . import imagebuild
-from .imagebuild import OCI_INDEX, PATH_ENV, PLATFORMS, FileSpec, ImageLayout
+from .imagebuild import OCI_INDEX, PLATFORMS, FileSpec, ImageLayout
 
 __all__ = ["UPSTREAMS", "IMAGES", "NOT_BUILT", "BUSYBOX", "NGINX", "HTTPD", "NONEWPRIVS",
            "HOSTNET_NGINX", "PREDEFINED_GROUP", "PAUSE", "PAUSE_GCR", "NNP_C",
@@ -163,13 +164,20 @@ def _nginx_deb(scratch: Path) -> Path:
     transitional one on bookworm): apt's cache first, else ``apt-get download``."""
     arch = subprocess.run(["dpkg", "--print-architecture"], capture_output=True, text=True,
                           check=True).stdout.strip()
-    cached = sorted(APT_ARCHIVES.glob(f"nginx_*_{arch}.deb"))
+    cached = sorted(APT_ARCHIVES.glob(f"nginx_*_{arch}.deb"), key=functools.cmp_to_key(_by_version))
     if cached:
         return cached[-1]
     scratch.mkdir(parents=True, exist_ok=True)
     subprocess.run(["apt-get", "download", "nginx"], cwd=scratch, check=True,
                    capture_output=True, timeout=300)
     return next(scratch.glob(f"nginx_*_{arch}.deb"))
+
+
+def _by_version(a: Path, b: Path) -> int:
+    """Two .debs ordered by their Debian versions (file names: name_version_arch.deb)."""
+    va, vb = (p.name.split("_")[1].replace("%3a", ":") for p in (a, b))
+    older = subprocess.run(["dpkg", "--compare-versions", va, "lt", vb]).returncode == 0
+    return -1 if older else (0 if va == vb else 1)
 
 
 def _with_libraries(binary: Path, at: str) -> dict[str, FileSpec]:
@@ -203,7 +211,7 @@ def nginx_files(binaries: Mapping[str, FileSpec], port: int = 80) -> dict[str, F
     files.update({p: (b"", stat.S_IFDIR | 0o755) for p in (
         "etc/nginx/conf.d", "var/log/nginx", "var/lib/nginx", "var/cache/nginx", "run",
         "usr/share/nginx/html")})
-    files["var/run"] = (b"/run", stat.S_IFLNK | 0o777)
+    files["var/run"] = (b"../run", stat.S_IFLNK | 0o777)
     files["etc/nginx/nginx.conf"] = NGINX_CONF.format(port=port).encode()
     files["etc/nsswitch.conf"] = b"passwd: files\ngroup: files\nhosts: files dns\n"
     files["usr/share/nginx/html/index.html"] = WELCOME

@@ -7,7 +7,7 @@ the same arguments give the same digests: images that share a layer share its di
 pushes and archives it, and the tests unpack it with ``umoci``.
 
 The rootfs is shaped like the official ``busybox`` image: ``/bin/busybox`` with one
-symlink per applet, ``/etc/passwd`` and ``/etc/group`` with root, www-data (33) and
+hard link per applet, ``/etc/passwd`` and ``/etc/group`` with root, www-data (33) and
 nobody (65534), ``/tmp`` 1777. Debian's busybox-static has no ``pgrep`` and no
 ``ipcs`` applet: ``/bin/pgrep`` and ``/bin/ipcs`` are small ``sh`` stand-ins over
 ``/proc``.
@@ -39,7 +39,7 @@ from .process import env as process_env
 __all__ = ["OCI_MANIFEST", "OCI_INDEX", "OCI_CONFIG", "OCI_LAYER_GZIP", "OCI_LAYER_ZSTD",
            "DOCKER_MANIFEST", "DOCKER_LIST", "DOCKER_CONFIG", "DOCKER_LAYER_GZIP",
            "BUSYBOX", "PASSWD", "GROUP", "PLATFORMS", "Layer", "ImageLayout",
-           "busybox_files", "busybox_image", "multi_platform", "big_image", "push", "recompress",
+           "busybox_files", "busybox_image", "euid_exit_program", "multi_platform", "big_image", "push", "recompress",
            "open_layout", "archive", "skopeo"]
 
 OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
@@ -55,6 +55,7 @@ DOCKER_LAYER_GZIP = "application/vnd.docker.image.rootfs.diff.tar.gzip"
 BUSYBOX = "/bin/busybox"                          # Debian's busybox-static
 CREATED = "2024-01-01T00:00:00Z"                  # fixed: same input, same digests
 MTIME = 1704067200
+HARDLINK = 1 << 20                                # FileSpec mode flag: data is the link target
 PATH_ENV = "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 PLATFORMS = (("amd64", ""), ("arm64", "v8"), ("arm", "v7"))
 
@@ -205,12 +206,21 @@ def _tarinfo(path: str, spec: FileSpec) -> tuple[tarfile.TarInfo, bytes]:
     data, mode, uid, gid = (spec, 0o644, 0, 0) if isinstance(spec, bytes) else (tuple(spec) + (0, 0))[:4]
     info = tarfile.TarInfo(path)
     info.mode, info.uid, info.gid, info.mtime = stat.S_IMODE(mode), uid, gid, MTIME
-    if stat.S_ISLNK(mode):
+    if mode & HARDLINK:
+        info.type, info.linkname, data = tarfile.LNKTYPE, data.decode().lstrip("/"), b""
+        info.mode = stat.S_IMODE(mode)
+    elif stat.S_ISLNK(mode):
         info.type, info.linkname, data = tarfile.SYMTYPE, data.decode(), b""
     elif stat.S_ISDIR(mode):
         info.type, data = tarfile.DIRTYPE, b""
     info.size = len(data)
     return info, data
+
+
+def _hard_links_last(item: tuple[str, FileSpec]) -> tuple[bool, str]:
+    spec = item[1]
+    mode = spec[1] if isinstance(spec, tuple) and len(spec) > 1 else 0
+    return bool(mode & HARDLINK), item[0]
 
 
 def _write_layer(layout: Path, files: Mapping[str, FileSpec], *, level: int = 6) -> Layer:
@@ -223,7 +233,8 @@ def _write_layer(layout: Path, files: Mapping[str, FileSpec], *, level: int = 6)
         with gzip.GzipFile(fileobj=outer, mode="wb", compresslevel=level, mtime=0, filename="") as gz:
             inner = _Hashing(gz)
             with tarfile.open(fileobj=inner, mode="w|", format=tarfile.PAX_FORMAT) as tar:
-                for path, spec in sorted(_entries(files).items()):
+                # Hard links after what they link to (a tar is read in order).
+                for path, spec in sorted(_entries(files).items(), key=_hard_links_last):
                     info, data = _tarinfo(path, spec)
                     tar.addfile(info, io.BytesIO(data) if data else None)
     digest = outer.sha.hexdigest()
@@ -255,17 +266,37 @@ def _tag(layout: Path, tag: str, desc: Mapping[str, Any]) -> None:
 
 
 def busybox_files(passwd: str = PASSWD, group: str = GROUP) -> dict[str, FileSpec]:
-    """The official busybox image's rootfs, from this machine's busybox-static."""
+    """The official busybox image's rootfs, from this machine's busybox-static: one
+    hard link per applet to /bin/busybox."""
     applets = subprocess.run([BUSYBOX, "--list"], capture_output=True, text=True, check=True).stdout.split()
     d = stat.S_IFDIR
     files: dict[str, FileSpec] = {p: (b"", d | 0o755) for p in (
         "bin", "dev", "etc", "home", "proc", "sys", "usr/bin", "usr/sbin", "var/spool/mail", "var/www")}
     files.update({"root": (b"", d | 0o700), "tmp": (b"", d | 0o1777)})
     files["bin/busybox"] = (Path(BUSYBOX).read_bytes(), 0o755)
-    files.update({f"bin/{a}": (b"busybox", stat.S_IFLNK | 0o777) for a in applets if a != "busybox"})
+    # Hard links, as in the official image (masking /bin/ls must not mask busybox).
+    files.update({f"bin/{a}": (b"bin/busybox", HARDLINK | 0o755) for a in applets if a != "busybox"})
     files.update({"bin/pgrep": (PGREP.encode(), 0o755), "bin/ipcs": (IPCS.encode(), 0o755),
                   "etc/passwd": passwd.encode(), "etc/group": group.encode()})
     return files
+
+
+def euid_exit_program() -> bytes:
+    """A 134-byte static x86-64 ELF program that exits with its effective uid (mod
+    256): a setuid copy shows whether the kernel raised the euid (no_new_privs
+    stops it), where busybox applets would drop privileges themselves."""
+    code = bytes.fromhex("b86b000000" "0f05" "89c7" "b83c000000" "0f05")   # geteuid; exit(euid)
+    base, header = 0x400000, 64 + 56
+    ehdr = (b"\x7fELF\x02\x01\x01" + bytes(9)
+            + (2).to_bytes(2, "little") + (0x3E).to_bytes(2, "little") + (1).to_bytes(4, "little")
+            + (base + header).to_bytes(8, "little") + (64).to_bytes(8, "little") + bytes(8)
+            + bytes(4) + (64).to_bytes(2, "little") + (56).to_bytes(2, "little")
+            + (1).to_bytes(2, "little") + bytes(6))
+    size = header + len(code)
+    phdr = ((1).to_bytes(4, "little") + (5).to_bytes(4, "little") + bytes(8)
+            + base.to_bytes(8, "little") + base.to_bytes(8, "little")
+            + size.to_bytes(8, "little") + size.to_bytes(8, "little") + (0x1000).to_bytes(8, "little"))
+    return ehdr + phdr + code
 
 
 def _payload(seed: Any, size: int) -> bytes:

@@ -137,7 +137,7 @@ def test_busybox_layout_reads_back_with_umoci(ns: Namespace, work: Path) -> None
     bundle = work / "bundle"
     ns.run("umoci", "unpack", "--image", f"{layout}:t", str(bundle))
     root = bundle / "rootfs"
-    assert os.readlink(root / "bin/sh") == "busybox"
+    assert os.stat(root / "bin/sh").st_ino == os.stat(root / "bin/busybox").st_ino   # a hard link
     for applet in ("httpd", "sleep", "nc", "wget", "pgrep", "ipcs"):
         assert (root / "bin" / applet).exists(), applet
     passwd = (root / "etc/passwd").read_text()
