@@ -89,18 +89,17 @@ class Conmon:
             args.append("-i")
         if stdin and not stdin_once:
             args.append("--leave-stdin-open")
-        reply, _, _ = self._launch(args, bundle, timeout, f"creating container {container_id}")
+        what = f"creating container {container_id} with {runtime.name}"
+        reply, _, _ = self._launch(args, bundle, timeout, what)
         pid = int(reply.get("data", reply.get("pid", -1)))
         if pid <= 0:
-            raise RuntimeFailed(f"creating container {container_id}",
-                                error_message(str(reply.get("message", ""))) or
+            raise RuntimeFailed(what, error_message(str(reply.get("message", ""))) or
                                 "conmon reported no container process", tuple(args))
         try:
             with open(os.path.join(bundle, "conmon-pidfile")) as f:
                 conmon_pid = int(f.read().strip())
         except (OSError, ValueError) as exc:
-            raise RuntimeFailed(f"creating container {container_id}",
-                                f"conmon wrote no pid file: {exc}") from exc
+            raise RuntimeFailed(what, f"conmon wrote no pid file: {exc}") from exc
         return Created(pid, conmon_pid)
 
     def _launch(self, args: list[str], cwd: str, timeout: float, what: str, *,

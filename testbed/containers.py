@@ -52,6 +52,7 @@ class PodWorld:
         self.server.write_conf("10-pods.conflist",
                                bridge_conflist("podnet", SUBNET, work / "ipam"))
         self.pods: list[str] = []
+        self.configs: dict[str, pb.PodSandboxConfig] = {}
 
     def start(self) -> "PodWorld":
         self.server.start()
@@ -75,12 +76,11 @@ class PodWorld:
 
     # -- pods and containers ----------------------------------------------------------
 
-    def run_pod(self, name: str = "pod", **fields: Any) -> str:
+    def run_pod(self, name: str = "pod", *, runtime_handler: str = "", **fields: Any) -> str:
         config = pod_config(name, log_directory=str(self.work / "logs" / name), **fields)
-        sandbox_id = self.rt.RunPodSandbox(pb.RunPodSandboxRequest(config=config),
-                                           timeout=60).pod_sandbox_id
+        sandbox_id = self.rt.RunPodSandbox(pb.RunPodSandboxRequest(
+            config=config, runtime_handler=runtime_handler), timeout=60).pod_sandbox_id
         self.pods.append(sandbox_id)
-        self.configs = getattr(self, "configs", {})
         self.configs[sandbox_id] = config
         return sandbox_id
 

@@ -10,7 +10,9 @@ runtime configured with that ``config_path`` pulls the upstream names from it.
 What each image holds (all binaries are this machine's, amd64, also in the arm64 and
 arm/v7 entries of the indexes: those exist only so a pull has an index to choose from):
 
-* busybox: ``imagebuild.busybox_files`` (the official image's shape, sh as Cmd).
+* busybox: ``imagebuild.busybox_files`` (the official image's shape, sh as Cmd) with
+  Debian's dynamic busybox and its libraries in place of busybox-static, whose shell
+  runs applets without looking at /bin (critest's masked-path spec needs that).
 * nginx, hostnet-nginx-amd64: busybox plus Debian's nginx (1.22, from the ``nginx``
   .deb in apt's cache, else ``apt-get download``, extracted with ``dpkg-deb -x``),
   the shared libraries ``ldd`` names and the dynamic loader; ``daemon off;`` so the
@@ -52,6 +54,7 @@ from .imagebuild import OCI_INDEX, PLATFORMS, FileSpec, ImageLayout
 __all__ = ["UPSTREAMS", "IMAGES", "NOT_BUILT", "BUSYBOX", "NGINX", "HTTPD", "NONEWPRIVS",
            "HOSTNET_NGINX", "PREDEFINED_GROUP", "PAUSE", "PAUSE_GCR", "NNP_C",
            "build_all", "push_all", "mirror", "local_ref", "amd64", "nginx_binaries", "nginx_files",
+           "busybox_binaries",
            "nnp_binary"]
 
 UPSTREAMS = ("registry.k8s.io", "k8s.gcr.io", "gcr.io")
@@ -159,18 +162,37 @@ def amd64(layout: ImageLayout) -> ImageLayout:
 
 # -- the pieces from Debian -------------------------------------------------------------
 
-def _nginx_deb(scratch: Path) -> Path:
-    """Debian's nginx .deb for this machine (the binary package: nginx-light is a
-    transitional one on bookworm): apt's cache first, else ``apt-get download``."""
+def _deb(package: str, scratch: Path) -> Path:
+    """Debian's .deb of *package* for this machine: apt's cache first, else
+    ``apt-get download`` (the Debian archive is reachable; nothing is installed)."""
     arch = subprocess.run(["dpkg", "--print-architecture"], capture_output=True, text=True,
                           check=True).stdout.strip()
-    cached = sorted(APT_ARCHIVES.glob(f"nginx_*_{arch}.deb"), key=functools.cmp_to_key(_by_version))
+    cached = sorted(APT_ARCHIVES.glob(f"{package}_*_{arch}.deb"), key=functools.cmp_to_key(_by_version))
     if cached:
         return cached[-1]
     scratch.mkdir(parents=True, exist_ok=True)
-    subprocess.run(["apt-get", "download", "nginx"], cwd=scratch, check=True,
-                   capture_output=True, timeout=300)
-    return next(scratch.glob(f"nginx_*_{arch}.deb"))
+    found = sorted(scratch.glob(f"{package}_*_{arch}.deb"))
+    if not found:
+        subprocess.run(["apt-get", "download", package], cwd=scratch, check=True,
+                       capture_output=True, timeout=300)
+        found = sorted(scratch.glob(f"{package}_*_{arch}.deb"))
+    return found[-1]
+
+
+def _extracted(package: str, scratch: Path) -> Path:
+    root = scratch / f"{package}-deb"
+    shutil.rmtree(root, ignore_errors=True)
+    subprocess.run(["dpkg-deb", "-x", str(_deb(package, scratch / "deb")), str(root)], check=True,
+                   timeout=120)
+    return root
+
+
+def busybox_binaries(scratch: Path | str) -> dict[str, FileSpec]:
+    """Debian's *dynamic* busybox (package ``busybox``) with its libraries: unlike
+    busybox-static it is built without "prefer applets", so its sh runs ``ls`` from
+    /bin/ls as the official image's does (critest masks /bin/ls and expects
+    "/bin/sh: ls: Permission denied")."""
+    return _with_libraries(_extracted("busybox", Path(scratch)) / "bin/busybox", "bin/busybox")
 
 
 def _by_version(a: Path, b: Path) -> int:
@@ -196,12 +218,7 @@ def _with_libraries(binary: Path, at: str) -> dict[str, FileSpec]:
 def nginx_binaries(scratch: Path | str) -> dict[str, FileSpec]:
     """Debian's nginx (``/usr/sbin/nginx``) with its libraries and loader, the
     package extracted under *scratch*."""
-    scratch = Path(scratch)
-    deb = _nginx_deb(scratch / "deb")
-    root = scratch / "nginx-deb"
-    shutil.rmtree(root, ignore_errors=True)
-    subprocess.run(["dpkg-deb", "-x", str(deb), str(root)], check=True, timeout=120)
-    return _with_libraries(root / "usr/sbin/nginx", "usr/sbin/nginx")
+    return _with_libraries(_extracted("nginx", Path(scratch)) / "usr/sbin/nginx", "usr/sbin/nginx")
 
 
 def nginx_files(binaries: Mapping[str, FileSpec], port: int = 80) -> dict[str, FileSpec]:
@@ -243,8 +260,10 @@ def _build(root: Path) -> dict[str, tuple[ImageLayout, str]]:
     scratch.mkdir(parents=True, exist_ok=True)
     built: dict[str, tuple[ImageLayout, str]] = {}
 
+    base = busybox_binaries(scratch)
+
     def multi(names: Iterable[str], key: str, **kw: Any) -> None:
-        image = imagebuild.multi_platform(layout, tag=key, **kw)
+        image = imagebuild.multi_platform(layout, tag=key, files=base, **kw)
         built.update({n: (image, key) for n in names})
 
     nginx = dict(passwd=NGINX_PASSWD, group=NGINX_GROUP, cmd=["/usr/sbin/nginx"],
@@ -252,7 +271,8 @@ def _build(root: Path) -> dict[str, tuple[ImageLayout, str]]:
     multi([BUSYBOX], "busybox")
     binaries = nginx_binaries(scratch)
     multi([NGINX], "nginx", layers=[nginx_files(binaries, 80)], exposed_ports=["80/tcp"], **nginx)
-    hostnet = imagebuild.busybox_image(layout, tag="hostnet-nginx", layers=[nginx_files(binaries, 12003)],
+    hostnet = imagebuild.busybox_image(layout, tag="hostnet-nginx", files=base,
+                                       layers=[nginx_files(binaries, 12003)],
                                        exposed_ports=["12003/tcp"], **nginx)
     built[HOSTNET_NGINX] = (hostnet, "hostnet-nginx")
     multi([HTTPD], "httpd", cmd=["httpd-foreground"], exposed_ports=["80/tcp"], layers=[{
