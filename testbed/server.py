@@ -31,6 +31,7 @@ __all__ = ["PLUGIN_DIR", "TEST_PLUGIN_DIR", "Server"]
 
 PLUGIN_DIR = "/usr/lib/cni"                                            # Debian's plugins
 TEST_PLUGIN_DIR = str(REPO / "tests" / "privileged" / "plugins")      # shim-test
+CGROUP_PARENT = "cri-shim"   # cri-shim's cgroup parent for pods kubelet gave none
 
 
 class Server:
@@ -67,6 +68,8 @@ class Server:
         self.proc: subprocess.Popen | None = None
         self.channel: grpc.Channel | None = None
         self.conf_dir.mkdir(parents=True, exist_ok=True)
+        # Container cgroups already there (another run's) are not this server's.
+        self._foreign_cgroups = set(self._cgroups_under_parent())
 
     # -- configuration --------------------------------------------------------------
 
@@ -136,6 +139,7 @@ state = "{self.state}"
             self.channel = None
         stop(self.proc, sig, timeout=20)
         self.proc = None
+        remove_cgroup_parent()
 
     def ctl(self, *args: str, check: bool = True) -> subprocess.CompletedProcess:
         """``cri-shim ctl -r unix://<socket> ARGS``."""
@@ -216,14 +220,19 @@ state = "{self.state}"
                 out.append(int(pid))
         return out
 
-    def container_cgroups(self) -> list[str]:
-        """cgroup dirs named after this server's containers (cri-shim's default parent)."""
+    @staticmethod
+    def _cgroups_under_parent() -> list[str]:
         out = []
         for top in Path("/sys/fs/cgroup").iterdir():
-            d = top / "cri-shim"
+            d = top / CGROUP_PARENT
             if d.is_dir():
                 out += [f"{top.name}/{c.name}" for c in d.iterdir() if c.is_dir()]
         return sorted(out)
+
+    def container_cgroups(self) -> list[str]:
+        """cgroup dirs of this server's containers under cri-shim's default parent
+        (those there before the server was made are left out)."""
+        return [c for c in self._cgroups_under_parent() if c not in self._foreign_cgroups]
 
     def container_files(self) -> list[str]:
         """Container records, bundles and writable layers left on disk."""
@@ -270,6 +279,18 @@ state = "{self.state}"
             netns.unpin(str(self.netns_dir / name))
         for cg in self.container_cgroups():
             try:
-                os.rmdir(f"/sys/fs/cgroup/{cg.split('/')[0]}/cri-shim/{cg.split('/', 1)[1]}")
+                os.rmdir(f"/sys/fs/cgroup/{cg.split('/')[0]}/{CGROUP_PARENT}/{cg.split('/', 1)[1]}")
             except OSError:
                 pass
+        remove_cgroup_parent()
+
+
+def remove_cgroup_parent() -> None:
+    """Remove cri-shim's default cgroup parent in every hierarchy where it is empty
+    (the server makes it for containers of pods without a parent, and leaves it, as
+    runc leaves a parent it made)."""
+    for top in Path("/sys/fs/cgroup").iterdir():
+        try:
+            os.rmdir(top / CGROUP_PARENT)
+        except OSError:
+            pass

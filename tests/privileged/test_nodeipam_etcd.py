@@ -17,14 +17,10 @@ import contextlib
 import ctypes
 import json
 import os
-import shutil
-import subprocess
-import tempfile
 import threading
 import time
 import urllib.request
 from collections.abc import Iterator
-from dataclasses import dataclass, field
 from ipaddress import IPv4Network, IPv6Network
 
 import pytest

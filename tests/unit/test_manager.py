@@ -21,7 +21,7 @@ from cri_shim.errors import AlreadyExists, InvalidArgument, NetworkError, Networ
 from cri_shim.manager import SandboxFilter, SandboxManager
 from cri_shim.podconfig import parse_pod_config
 from cri_shim.podnet import PodNetwork
-from cri_shim.store import CREATING, NOTREADY, READY, MemoryStore, PlannedNetwork, SandboxRecord
+from cri_shim.store import CREATING, NOTREADY, READY, MemoryStore, SandboxRecord
 
 VERSIONS = ["0.3.1", "0.4.0", "1.0.0", "1.1.0"]
 

@@ -18,7 +18,6 @@ import pickle
 import re
 import signal
 import subprocess
-import sys
 import threading
 from pathlib import Path
 

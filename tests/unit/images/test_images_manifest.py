@@ -7,7 +7,7 @@ import json
 import pytest
 
 from images.errors import InvalidContent, NoMatchingPlatform
-from images.manifest import (DOCKER_MANIFEST, OCI_INDEX, OCI_MANIFEST, Descriptor, Platform,
+from images.manifest import (DOCKER_MANIFEST, OCI_MANIFEST, Descriptor, Platform,
                              parse_config, parse_index, parse_manifest, select_platform)
 
 D = "sha256:" + "1" * 64
