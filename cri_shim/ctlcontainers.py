@@ -34,7 +34,7 @@ def add_parsers(sub: Any) -> None:
     start = sub.add_parser("start", help="start created containers")
     start.add_argument("ids", nargs="+")
     stop = sub.add_parser("stop", help="stop running containers")
-    stop.add_argument("-t", "--timeout", type=int, default=0,
+    stop.add_argument("-t", "--timeout", dest="grace", type=int, default=0,
                       help="seconds between the stop signal and SIGKILL (default 0)")
     stop.add_argument("ids", nargs="+")
     rm = sub.add_parser("rm", help="remove containers")
@@ -56,9 +56,11 @@ def add_parsers(sub: Any) -> None:
     ex = sub.add_parser("exec", help="run a command in a container (-s: synchronously)")
     ex.add_argument("-s", "--sync", action="store_true", required=True,
                     help="run synchronously (the only mode of this client)")
-    ex.add_argument("--timeout", type=int, default=0)
+    # dest apart from ctl's own -t/--timeout (the call's), which it would overwrite
+    ex.add_argument("--timeout", dest="exec_timeout", type=int, default=0,
+                    help="seconds the command may run (0: no limit)")
     ex.add_argument("id")
-    ex.add_argument("cmd", nargs=argparse.REMAINDER)
+    ex.add_argument("command", nargs=argparse.REMAINDER)
     stats = sub.add_parser("stats", help="containers' resource usage")
     stats.add_argument("-a", "--all", action="store_true")
     stats.add_argument("id", nargs="?", default="")
@@ -82,7 +84,9 @@ def _start(c: Any, args: argparse.Namespace) -> int:
 
 def _stop(c: Any, args: argparse.Namespace) -> int:
     for container_id in args.ids:
-        c.StopContainer(pb.StopContainerRequest(container_id=container_id, timeout=args.timeout))
+        # The call may take the grace period and then some: its deadline allows for it.
+        c.runtime.StopContainer(pb.StopContainerRequest(container_id=container_id, timeout=args.grace),
+                                timeout=c.timeout + args.grace)
         print(container_id)
     return 0
 
@@ -161,10 +165,10 @@ def _logs(c: Any, args: argparse.Namespace) -> int:
 
 
 def _exec(c: Any, args: argparse.Namespace) -> int:
-    cmd = args.cmd[1:] if args.cmd[:1] == ["--"] else args.cmd
+    cmd = args.command[1:] if args.command[:1] == ["--"] else args.command
     if not cmd:
         raise CtlError("exec: a command is required")
-    reply = c.ExecSync(pb.ExecSyncRequest(container_id=args.id, cmd=cmd, timeout=args.timeout))
+    reply = c.ExecSync(pb.ExecSyncRequest(container_id=args.id, cmd=cmd, timeout=args.exec_timeout))
     sys.stdout.buffer.write(reply.stdout)
     sys.stderr.buffer.write(reply.stderr)
     sys.stdout.flush()

@@ -18,6 +18,7 @@ import grpc
 import pytest
 
 from cri_shim.api import api_pb2 as pb
+from cri_shim.api import api_pb2_grpc as pb_grpc
 from testbed.containers import BUSYBOX, PodWorld, container_config
 
 pytestmark = pytest.mark.privileged
@@ -150,5 +151,63 @@ def test_a_container_outlives_a_restart_and_one_that_exited_meanwhile_shows_its_
     assert (pb.ContainerState.Name(st.state), st.exit_code, st.reason) == ("CONTAINER_EXITED", 7, "Error")
     world.stop(long, timeout=1)
     assert world.wait_state(long, "CONTAINER_EXITED").exit_code == 137   # sleep ignores TERM as PID 1
+    world.remove_pod(sid)
+    assert world.leftovers() == {}
+
+
+def test_exec_sync_output_is_capped(world: PodWorld) -> None:
+    """At what kubelet takes (a 16 MiB answer), both streams together."""
+    sid = world.run_pod("cap")
+    cid = world.run(sid, container_config("top", command=["top"]))
+    channel = grpc.insecure_channel(f"unix://{world.server.socket}", options=[
+        ("grpc.max_receive_message_length", 16 << 20)])   # kubelet's maxMsgSize
+    try:
+        r = pb_grpc.RuntimeServiceStub(channel).ExecSync(pb.ExecSyncRequest(
+            container_id=cid, cmd=["sh", "-c", "echo first >&2; yes 0123456789abcdef | head -c 20000000"],
+            timeout=60), timeout=90)
+    finally:
+        channel.close()
+    assert r.exit_code == 0 and r.stderr == b"first\n"
+    assert len(r.stdout) + len(r.stderr) == (16 << 20) - (4 << 10)
+    world.remove_pod(sid)
+    assert world.leftovers() == {}
+
+
+def test_ctl_container_commands_as_crictl(world: PodWorld, tmp_path: Path) -> None:
+    """cri-shim ctl's create/start/ps/logs/exec -s/inspect/stop/rm, with crictl's files."""
+    logs = tmp_path / "ctl-logs"
+    pod = tmp_path / "pod.json"
+    pod.write_text(json.dumps({"metadata": {"name": "ctlpod", "namespace": "default", "uid": "u1"},
+                               "log_directory": str(logs)}))
+    ctr = tmp_path / "ctr.yaml"
+    ctr.write_text("metadata:\n  name: box\nimage:\n  image: " + BUSYBOX + "\n"
+                   "command: [sh, -c, 'echo hello; echo oops >&2; sleep 1000']\nlog_path: box.log\n")
+    srv = world.server
+    sid = srv.ctl("runp", str(pod)).stdout.strip()
+    world.pods.append(sid)
+    cid = srv.ctl("create", sid, str(ctr), str(pod)).stdout.strip()
+    assert len(cid) == 64
+    assert srv.ctl("start", cid).stdout.strip() == cid
+    table = srv.ctl("ps").stdout.splitlines()
+    assert table[0].split()[:5] == ["CONTAINER", "IMAGE", "CREATED", "STATE", "NAME"]
+    assert cid[:13] in table[1] and "Running" in table[1] and "box" in table[1]
+    assert srv.ctl("ps", "-q").stdout.split() == [cid]
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and "oops" not in srv.ctl("logs", cid).stderr:
+        time.sleep(0.1)
+    logged = srv.ctl("logs", cid)
+    assert (logged.stdout, logged.stderr) == ("hello\n", "oops\n")
+    # ctl's own -t/--timeout (the call's) and exec's --timeout, stop's -t (the grace) apart
+    ran = srv.ctl("-t", "30", "exec", "-s", "--timeout", "20", cid, "sh", "-c", "echo in; exit 4",
+                  check=False)
+    assert (ran.returncode, ran.stdout) == (4, "in\n"), ran.stderr
+    inspected = json.loads(srv.ctl("inspect", cid).stdout)
+    assert inspected["status"]["state"] == "CONTAINER_RUNNING" and inspected["info"]["pid"] > 0
+    refused = srv.ctl("rm", cid, check=False)
+    assert refused.returncode == 1 and "is running" in refused.stderr
+    assert srv.ctl("stop", "-t", "1", cid).stdout.strip() == cid
+    assert "Exited" in srv.ctl("ps", "-a").stdout
+    assert srv.ctl("rm", cid).stdout.strip() == cid
+    assert srv.ctl("ps", "-a", "-q").stdout.split() == []
     world.remove_pod(sid)
     assert world.leftovers() == {}
