@@ -38,6 +38,8 @@ class Sizes:
     image_layer_mib: int = 10
     image_rounds: int = 5                  # images: interleaved pull / skopeo+umoci rounds
     image_repulls: int = 20                # images: pulls of the image already present
+    container_rounds: int = 20             # containers: interleaved Create+Start / runc run rounds
+    containers: int = 100                  # containers: running at once for the memory figures
 
     @classmethod
     def quick(cls, pods: int = 40) -> "Sizes":
@@ -47,7 +49,8 @@ class Sizes:
                    scale_runs=max(3, n // 4), scale_status=max(10, n), scale_lists=max(3, n // 4),
                    soak_rounds=2, soak_pods=n,
                    flannel_pairs=max(3, n // 2), image_layers=2, image_layer_mib=2,
-                   image_rounds=2, image_repulls=5)
+                   image_rounds=2, image_repulls=5, container_rounds=max(3, n // 8),
+                   containers=max(5, n // 4))
 
 
 @dataclass

@@ -167,6 +167,24 @@ def rows(results: dict[str, Any]) -> list[Row]:
             Row("PullImage of an image already present, median", _ms(im["repull"]["median_ms"]),
                 "<= 10 ms", _check(im["repull"]["median_ms"], lambda v: v <= 10.0)),
         ]
+    ct = results.get("containers")
+    if ct and "create_start" in ct:
+        out += [
+            Row("CreateContainer+StartContainer median / runc run -d median",
+                f"{_x(ct['ratio'])} ({_ms(ct['create_start']['median_ms'])} vs "
+                f"{_ms(ct['runc_run']['median_ms'])})", "<= 1.30x",
+                _check(ct["ratio"], lambda v: v <= 1.3)),
+            Row("a pod: Run+Create+Start median / raw ADD + runc run -d median",
+                f"{_x(ct['pod_ratio'])} ({_ms(ct['pod']['median_ms'])} vs "
+                f"{_ms(ct['raw_pod']['median_ms'])})"),
+            Row(f"memory per running container ({ct['running']} running): conmon + server "
+                "/ containerd's shim (13 MiB)",
+                f"{_x(ct['vs_containerd_shim'])} ({ct['conmon_rss_mib']:.1f} + "
+                f"{ct['server_mib_per_container']:.2f} MiB)", "<= 1.00x",
+                _check(ct["vs_containerd_shim"], lambda v: v <= 1.0)),
+            Row(f"server RSS with {ct['running']} running containers", f"{ct['server_rss_mib']:.0f} MiB"),
+            Row(f"ListContainers with {ct['running']} containers", _ms(ct["list_ms"])),
+        ]
     for part, res in results.items():
         if isinstance(res, dict) and res.get("error"):
             out.append(Row(f"{part} part", f"FAILED: {res['error']}", "runs", False))
