@@ -58,7 +58,6 @@ __all__ = ["ContainerManager", "ContainerFilter"]
 
 log = logging.getLogger(__name__)
 
-POD_STOP_GRACE = 2.0      # seconds StopPodSandbox gives a container still running
 KILL_WAIT = 120.0          # seconds to wait for a container to die after SIGKILL
 START_ERROR_CODE = 128     # containerd's exit code for a container that failed to start
 
@@ -430,14 +429,11 @@ class ContainerManager:
         log.info("container %s removed", rec.id[:12])
 
     def stop_sandbox(self, sandbox_id: str, deadline: float | None) -> None:
-        """Stop a pod's containers (StopPodSandbox), all at once: the stop signal, then
-        SIGKILL after ``POD_STOP_GRACE`` seconds (or what is left of the caller's
-        deadline). kubelet stops them with their own grace periods first; this is for
-        what is still running then (containerd kills those outright)."""
+        """Stop a pod's containers (StopPodSandbox) as containerd does: killed at once,
+        all together (kubelet has stopped them with their grace periods before; this is
+        for what is still running then)."""
         running = [r for r in self.list(ContainerFilter(sandbox_id=sandbox_id)) if r.state == RUNNING]
-        grace = POD_STOP_GRACE if deadline is None else max(0.0, min(POD_STOP_GRACE,
-                                                                      deadline - time.monotonic() - 1))
-        threads = [threading.Thread(target=self.stop, args=(r.id, grace), daemon=True) for r in running]
+        threads = [threading.Thread(target=self.stop, args=(r.id, 0), daemon=True) for r in running]
         for t in threads:
             t.start()
         for t in threads:
