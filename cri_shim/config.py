@@ -20,8 +20,10 @@ from importlib import resources
 from typing import Any, Mapping
 
 from images.hosts import RegistryConfig
+from streaming.server import StreamConfig
 
 from .errors import ConfigFileError
+from .streamconfig import stream_config
 
 log = logging.getLogger(__name__)
 
@@ -94,6 +96,7 @@ class Config:
     cni: CNISettings = field(default_factory=CNISettings)
     images: ImageSettings = field(default_factory=ImageSettings)
     containers: ContainerSettings = field(default_factory=ContainerSettings)
+    streaming: StreamConfig = field(default_factory=StreamConfig)
     source: str = "<embedded default>"
 
     def replace(self, **changes: Any) -> "Config":
@@ -142,6 +145,8 @@ def parse(text: str, *, source: str) -> Config:
         cni=_cni_settings(reader, cni_table, f'plugins."{cri_name}".cni'),
         containers=_container_settings(reader, cri_table, cri_name),
         images=_image_settings(reader, plugins, cri_table, cri_name),
+        streaming=stream_config(source, reader.table(plugins, V2_CRI, where="plugins"),
+                                f'plugins."{V2_CRI}"'),
         source=source,
     )
     return cfg

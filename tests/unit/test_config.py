@@ -127,3 +127,41 @@ def test_bad_registry_settings(text: str, words: str) -> None:
     with pytest.raises(ConfigFileError) as exc:
         config.parse(text, source="bad.toml")
     assert words in str(exc.value)
+
+
+# -- the streaming server's keys (containerd's) -------------------------------------------
+
+def test_streaming_defaults_and_keys() -> None:
+    from cri_shim import config as cfgmod
+    d = cfgmod.load(None).streaming
+    assert (d.address, d.port, d.idle_timeout, d.tls) == ("127.0.0.1", 0, 4 * 3600.0, False)
+    c = cfgmod.parse('version = 2\n[plugins."io.containerd.grpc.v1.cri"]\n'
+                     'stream_server_address = "0.0.0.0"\nstream_server_port = "10010"\n'
+                     'stream_idle_timeout = "1h30m0.5s"\nenable_tls_streaming = true\n'
+                     '[plugins."io.containerd.grpc.v1.cri".x509_key_pair_streaming]\n'
+                     'tls_cert_file = "/c.pem"\ntls_key_file = "/k.pem"\n', source="t.toml").streaming
+    assert (c.address, c.port, c.idle_timeout, c.tls, c.cert_file) == ("0.0.0.0", 10010, 5400.5, True, "/c.pem")
+
+
+@pytest.mark.parametrize("body,words", [
+    ('stream_server_port = "http"', "stream_server_port must be a port number"),
+    ('stream_idle_timeout = "4 hours"', 'stream_idle_timeout must be a duration such as "4h0m0s"'),
+    ('enable_tls_streaming = "yes"', "enable_tls_streaming must be true or false"),
+    ('[plugins."io.containerd.grpc.v1.cri".x509_key_pair_streaming]\ntls_cert_file = "/c"',
+     "X509KeyPairStreaming.TLSCertFile is set but EnableTLSStreaming is not set"),
+    ('enable_tls_streaming = true\n[plugins."io.containerd.grpc.v1.cri".x509_key_pair_streaming]\n'
+     'tls_cert_file = "/c"', "must set X509KeyPairStreaming.TLSKeyFile"),
+])
+def test_streaming_bad_keys(body: str, words: str) -> None:
+    from cri_shim import config as cfgmod
+    from cri_shim.errors import ConfigFileError
+    with pytest.raises(ConfigFileError) as exc:
+        cfgmod.parse(f'version = 2\n[plugins."io.containerd.grpc.v1.cri"]\n{body}\n', source="t.toml")
+    assert words in str(exc.value) and "t.toml" in str(exc.value)
+
+
+@pytest.mark.parametrize("text,seconds", [("0", 0.0), ("4h0m0s", 14400.0), ("300ms", 0.3),
+                                          ("1.5h", 5400.0), ("2m3s", 123.0)])
+def test_go_durations(text: str, seconds: float) -> None:
+    from cri_shim.streamconfig import parse_duration
+    assert parse_duration(text) == pytest.approx(seconds)

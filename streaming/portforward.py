@@ -1,0 +1,187 @@
+"""portforward, the server side (kubelet's ``cri/streaming/portforward``).
+
+SPDY (``portforward.k8s.io``): per forwarded connection the client opens a data and an
+error stream with the same ``requestID`` and a ``port`` header; once both are there
+the data stream is joined to ``localhost:PORT`` in the pod, and a failure is written
+on the error stream as kubelet words it. The session lasts until the client closes it.
+
+WebSocket (``v4.channel.k8s.io``, ``v4.base64.channel.k8s.io`` or none): the ports are
+the ``port`` query parameters, two channels each (data, error), and the server first
+writes the port, 2 bytes little-endian, on both.
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+import threading
+import time
+from typing import Any, Callable
+
+from .runtime import Runtime
+
+__all__ = ["PROTOCOL", "SpdyPortForward", "parse_ports", "forward", "PortError"]
+
+log = logging.getLogger(__name__)
+
+PROTOCOL = "portforward.k8s.io"
+
+
+class PortError(ValueError):
+    pass
+
+
+def parse_ports(values: list[str]) -> list[int]:
+    """The ``port`` query parameters (each may hold several, comma separated), with
+    kubelet's errors."""
+    if not values:
+        raise PortError('query parameter "port" is required')
+    ports = []
+    for value in values:
+        if not value:
+            raise PortError('query parameter "port" cannot be empty')
+        for part in value.split(","):
+            ports.append(_port(value, part))
+    return ports
+
+
+def _port(whole: str, part: str) -> int:
+    if not part.isdigit() or not part.isascii():
+        raise PortError(f'unable to parse "{whole}" as a port: strconv.ParseUint: parsing '
+                        f'"{part}": invalid syntax')
+    if int(part) > 65535:
+        raise PortError(f'unable to parse "{whole}" as a port: strconv.ParseUint: parsing '
+                        f'"{part}": value out of range')
+    if int(part) < 1:
+        raise PortError(f'port "{whole}" must be > 0')
+    return int(part)
+
+
+def forward(runtime: Runtime, sandbox_id: str, port: int, data: Any, error: Any) -> bool:
+    """Join *data* (a stream or channel) to ``localhost:port`` in the pod until either
+    side ends; a failure goes on *error* (and False is returned)."""
+    try:
+        conn = runtime.port_forward(sandbox_id, port)
+    except Exception as exc:
+        message = f"error forwarding port {port} to pod {sandbox_id}, uid : {exc}"
+        log.info("portforward: %s", message)
+        try:
+            error.write(message.encode())
+        except OSError:
+            pass
+        return False
+    with conn:
+        up = threading.Thread(target=_client_to_pod, args=(data, conn), daemon=True,
+                              name=f"portforward-{port}")
+        up.start()
+        try:
+            while True:
+                chunk = conn.recv(65536)
+                if not chunk:
+                    break
+                data.write(chunk)
+        except OSError:
+            pass
+        # The pod's side is done: the client gets the end of data (and error) from
+        # the caller; what it still sends is dropped with the socket.
+        try:
+            conn.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+    return True
+
+
+def _client_to_pod(data: Any, conn: socket.socket) -> None:
+    try:
+        while True:
+            chunk = data.read(65536)
+            if not chunk:
+                conn.shutdown(socket.SHUT_WR)   # the client is done sending: say so
+                return
+            conn.sendall(chunk)
+    except OSError:
+        return
+
+
+class SpdyPortForward:
+    """The streams of one SPDY port-forward session: :meth:`accept` is the
+    connection's stream callback (it runs on the connection's reader)."""
+
+    def __init__(self, runtime: Runtime, sandbox_id: str, creation_timeout: float,
+                 spawn: Callable[..., Any] | None = None) -> None:
+        self.runtime, self.sandbox_id = runtime, sandbox_id
+        self.creation_timeout = creation_timeout
+        self._pairs: dict[str, dict[str, Any]] = {}
+        self._lock = threading.Lock()
+        self._spawn = spawn or (lambda fn, *a: threading.Thread(target=fn, args=a, daemon=True).start())
+
+    def accept(self, stream: Any) -> bool:
+        port, kind = stream.header("port"), stream.header("streamtype")
+        # httpStreamReceived's checks: refused streams are reset
+        if not port:
+            log.info('portforward: "port" header is required')
+            return False
+        try:
+            _port(port, port)
+        except PortError as exc:
+            log.info("portforward: %s", exc)
+            return False
+        if kind not in ("data", "error"):
+            log.info("portforward: invalid stream type %r", kind)
+            return False
+        request = stream.header("requestid")
+        if not request:   # clients before requestID: the data stream follows its error stream
+            request = str(stream.id - 2) if kind == "data" else str(stream.id)
+        with self._lock:
+            pair = self._pairs.get(request)
+            created = pair is None
+            if created:
+                pair = self._pairs[request] = {"started": time.monotonic()}
+            if kind in pair:
+                message = (f"error processing stream for request {request}: "
+                           f"{kind} stream already assigned")
+                target = pair.get("error") if kind == "data" else stream
+                self._spawn(_write_quietly, target, message)
+                return True
+            pair[kind] = stream
+            complete = "data" in pair and "error" in pair
+            if complete:
+                del self._pairs[request]
+        if created:
+            self._spawn(self._monitor, request, pair)
+        if complete:
+            self._spawn(self._run, pair)
+        return True
+
+    def _monitor(self, request: str, pair: dict[str, Any]) -> None:
+        time.sleep(self.creation_timeout)
+        with self._lock:
+            if self._pairs.get(request) is not pair:
+                return
+            del self._pairs[request]
+        message = f"(conn={id(self):#x}, request={request}) timed out waiting for streams"
+        log.info("portforward: %s", message)
+        for kind in ("error", "data"):
+            if kind in pair:
+                if kind == "error":
+                    _write_quietly(pair[kind], message)
+                pair[kind].reset()
+
+    def _run(self, pair: dict[str, Any]) -> None:
+        data, error = pair["data"], pair["error"]
+        port = int(data.header("port"))
+        ok = False
+        try:
+            ok = forward(self.runtime, self.sandbox_id, port, data, error)
+        finally:
+            for stream in (data, error):   # kubelet: closed after a success, reset after a failure
+                stream.close() if ok else stream.reset()
+
+
+def _write_quietly(stream: Any, message: str) -> None:
+    if stream is None:
+        return
+    try:
+        stream.write(message.encode())
+    except OSError:
+        pass
