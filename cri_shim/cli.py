@@ -11,6 +11,7 @@ import os
 import signal
 import sys
 import threading
+from typing import Any
 
 from . import __version__
 
@@ -135,7 +136,8 @@ def _serve(args: argparse.Namespace) -> int:
         image_service.collect_garbage()   # what a crashed pull or remove left
         if cfg.cni.gc_on_start:
             manager.gc()
-        serve(manager, image_service, cfg.address, stop, containers)
+        streams = start_streaming(cfg, containers, manager)
+        serve(manager, image_service, cfg.address, stop, containers, streams)
     except SocketInUse as exc:
         print(f"cri-shim: {exc.strerror}", file=sys.stderr)
         return 1
@@ -145,6 +147,31 @@ def _serve(args: argparse.Namespace) -> int:
     finally:
         root.release()
     return 0
+
+
+def start_streaming(cfg: Any, containers: Any, manager: Any) -> Any:
+    """The streaming server for Exec, Attach and PortForward, listening already."""
+    from streaming.server import StreamServer
+    from streaming.tls import server_context
+
+    from .streams import ShimStreamRuntime, Streams
+    sc = cfg.streaming
+    tls = server_context(sc.cert_file, sc.key_file, _addresses(sc.address)) if sc.tls else None
+    server = StreamServer(ShimStreamRuntime(containers, manager), sc, tls_context=tls)
+    server.start()
+    return Streams(server, containers, manager)
+
+
+def _addresses(bind: str) -> list[str]:
+    """The addresses a self-signed streaming certificate names: the bind address, the
+    loopbacks and this node's interface addresses."""
+    import socket
+    out = [bind, "127.0.0.1", "::1"]
+    try:
+        out += [a[4][0] for a in socket.getaddrinfo(socket.gethostname(), None)]
+    except OSError:
+        pass
+    return list(dict.fromkeys(out))
 
 
 if __name__ == "__main__":

@@ -110,6 +110,10 @@ class ContainerManager:
     def _runtime(self, rec: ContainerRecord) -> OCIRuntime:
         return self.runtimes[rec.runtime or self.default_runtime]
 
+    def runtime_of(self, rec: ContainerRecord) -> OCIRuntime:
+        """The OCI runtime the container runs under (for exec and attach)."""
+        return self._runtime(rec)
+
     # -- start-up ---------------------------------------------------------------------
 
     def recover(self) -> None:

@@ -25,7 +25,9 @@ from .containerstore import CREATED, EXITED, RUNNING, ContainerRecord
 from .events import CREATED as EV_CREATED
 from .events import DELETED, STARTED, STOPPED
 from .manager import SandboxFilter, SandboxManager
+from .errors import FailedPrecondition
 from .rpc import rpc
+from .streams import Streams
 
 __all__ = ["ContainerMethods"]
 
@@ -38,11 +40,12 @@ _EVENT = {EV_CREATED: pb.CONTAINER_CREATED_EVENT, STARTED: pb.CONTAINER_STARTED_
 
 
 class ContainerMethods:
-    """Mixed into the CRI servicer; needs ``self.containers``, ``self.manager`` and
-    ``self.sandbox_status``."""
+    """Mixed into the CRI servicer; needs ``self.containers``, ``self.manager``,
+    ``self.streams`` and ``self.sandbox_status``."""
 
     containers: ContainerManager
     manager: SandboxManager
+    streams: Streams | None
     _cpu_samples: dict[str, tuple[int, int]]
 
     def sandbox_status(self, sandbox_id: str) -> pb.PodSandboxStatus:   # the servicer's
@@ -139,6 +142,29 @@ class ContainerMethods:
                                            float(request.timeout))
         return pb.ExecSyncResponse(stdout=result.stdout, stderr=result.stderr,
                                    exit_code=result.exit_code)
+
+    # -- streaming (the URL; the streaming server does the rest) ----------------------
+
+    @rpc
+    def Exec(self, request: pb.ExecRequest, context: Any) -> pb.ExecResponse:
+        return pb.ExecResponse(url=self._streams().exec(
+            request.container_id, list(request.cmd), request.stdin, request.stdout,
+            request.stderr, request.tty))
+
+    @rpc
+    def Attach(self, request: pb.AttachRequest, context: Any) -> pb.AttachResponse:
+        return pb.AttachResponse(url=self._streams().attach(
+            request.container_id, request.stdin, request.stdout, request.stderr, request.tty))
+
+    @rpc
+    def PortForward(self, request: pb.PortForwardRequest, context: Any) -> pb.PortForwardResponse:
+        return pb.PortForwardResponse(url=self._streams().port_forward(
+            request.pod_sandbox_id, list(request.port)))
+
+    def _streams(self) -> Streams:
+        if self.streams is None:
+            raise FailedPrecondition("the streaming server is not running")
+        return self.streams
 
     @rpc
     def UpdateContainerResources(self, request: pb.UpdateContainerResourcesRequest,

@@ -9,6 +9,7 @@
     ├── FailedPrecondition            FAILED_PRECONDITION
     │   └── NetworkNotReady                             no CNI config loaded
     ├── DeadlineExceeded              DEADLINE_EXCEEDED  an exec timed out, a kill did not kill
+    ├── ResourceExhausted             RESOURCE_EXHAUSTED 1,000 streaming URLs wait for clients
     ├── NetworkError                  (code from the CNI error it wraps, see below)
     ├── HostError                     (code from the errno, see below) the node failed us
     │   ├── NetnsError                pinning or unpinning a netns, naming its path
@@ -48,6 +49,7 @@ __all__ = [
     "AlreadyExists",
     "FailedPrecondition",
     "DeadlineExceeded",
+    "ResourceExhausted",
     "NetworkNotReady",
     "NetworkError",
     "HostError",
@@ -88,6 +90,10 @@ class FailedPrecondition(ShimError):
 
 class DeadlineExceeded(ShimError):
     code = grpc.StatusCode.DEADLINE_EXCEEDED
+
+
+class ResourceExhausted(ShimError):
+    code = grpc.StatusCode.RESOURCE_EXHAUSTED
 
 
 class NetworkNotReady(FailedPrecondition):

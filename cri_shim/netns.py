@@ -17,6 +17,7 @@ import errno
 import logging
 import os
 import shutil
+import socket
 import subprocess
 import uuid
 
@@ -103,6 +104,25 @@ def set_sysctl(kind: str, path: str, proc_path: str, value: str, *, name: str = 
     except OSError as exc:
         raise NetnsError(f'cannot set sysctl "{name or proc_path}" to "{value}"', path, exc.errno,
                          detail=exc.strerror or str(exc)) from exc
+
+
+def connect(path: str, port: int, *, timeout: float = 10.0) -> socket.socket:
+    """A TCP connection to ``localhost:port`` inside the netns pinned at *path*
+    (127.0.0.1, then ::1, as Go's dialer tries "localhost"), made from a socket the
+    pinner created there. Raises OSError (the last attempt's)."""
+    last: OSError = OSError(errno.ECONNREFUSED, "connection refused")
+    for family, host in ((socket.AF_INET, "127.0.0.1"), (socket.AF_INET6, "::1")):
+        sock = _PINNER.tcp_socket(path, family)
+        sock.settimeout(timeout)
+        try:
+            sock.connect((host, port))
+        except OSError as exc:
+            sock.close()
+            last = exc
+            continue
+        sock.settimeout(None)
+        return sock
+    raise last
 
 
 def start_helper() -> None:

@@ -11,7 +11,10 @@ few syscalls instead of a fork and exec of ``unshare``.
 Protocol on stdin/stdout, one line each way: ``PIN <kind> <arg> <path>`` (kind ``net``
 with arg ``lo`` or ``-``; ``uts`` with the hostname or ``-``; ``ipc`` with ``-``), or
 ``SYSCTL <kind> <path> <key> <hex value>`` (write ``/proc/sys/<key>`` inside the pinned
-namespace at *path*) -> ``OK`` or ``ERR <errno> <message>``. EOF on stdin ends it. If it cannot get back into
+namespace at *path*), or ``SOCKET net <path> <4|6>`` (a TCP socket made inside the netns
+at *path*, sent back over the unix socket at fd ``CRI_SHIM_PINNER_FD``; a socket keeps
+its namespace, so the server connects it from any thread) -> ``OK`` or ``ERR <errno>
+<message>``. EOF on stdin ends it. If it cannot get back into
 its own namespace it exits at once (status 3), and the server starts a new one.
 
 This module is also the client side: ``Pinner`` starts, talks to and restarts it.
@@ -31,6 +34,7 @@ import subprocess
 import sys
 import threading
 from collections.abc import Callable
+from typing import Any
 
 CLONE_NEWNET = 0x40000000
 CLONE_NEWIPC = 0x08000000
@@ -66,6 +70,8 @@ def serve() -> int:
         fd = os.open(f"/proc/self/ns/{kind}", os.O_RDONLY | os.O_CLOEXEC)
         homes[kind] = (fd, os.fstat(fd).st_ino)
     out = sys.stdout
+    channel = os.environ.get("CRI_SHIM_PINNER_FD", "")
+    fd_channel = socket.socket(fileno=int(channel)) if channel.isdigit() else None
     for line in sys.stdin:
         try:
             cmd, kind, rest = line.rstrip("\n").split(" ", 2)
@@ -77,6 +83,9 @@ def serve() -> int:
             elif cmd == "SYSCTL":
                 path, key, value = rest.split(" ", 2)
                 _sysctl(libc, kind, path, key, bytes.fromhex(value), homes[kind])
+            elif cmd == "SOCKET" and kind == "net" and fd_channel is not None:
+                path, family = rest.split(" ", 1)
+                _socket(libc, path, family, homes[kind], fd_channel)
             else:
                 raise OSError(errno.EINVAL, f"unknown request {cmd}")
             out.write("OK\n")
@@ -132,6 +141,25 @@ def _sysctl(libc: ctypes.CDLL, kind: str, path: str, key: str, value: bytes,
 
 
 _SYSCTL_KEY = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_./-]*")
+_FAMILIES = {"4": socket.AF_INET, "6": socket.AF_INET6}
+
+
+def _socket(libc: ctypes.CDLL, path: str, family: str, home: tuple[int, int],
+            channel: socket.socket) -> None:
+    if family not in _FAMILIES:
+        raise OSError(errno.EINVAL, f"unknown address family {family!r}")
+    ns = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        _check(libc.setns(ns, CLONE_NEWNET), f"setns {path}")
+    finally:
+        os.close(ns)
+    try:
+        made = socket.socket(_FAMILIES[family], socket.SOCK_STREAM)
+    finally:
+        if libc.setns(home[0], CLONE_NEWNET) != 0 or os.stat("/proc/self/ns/net").st_ino != home[1]:
+            os._exit(3)
+    with made:
+        channel.sendmsg([b"s"], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, struct.pack("i", made.fileno()))])
 
 
 class Pinner:
@@ -140,13 +168,22 @@ class Pinner:
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._proc: subprocess.Popen[str] | None = None
+        self._channel: socket.socket | None = None   # where the helper sends sockets
 
     def _start(self) -> subprocess.Popen[str]:
-        env = dict(os.environ, PYTHONPATH=os.pathsep.join(
+        if self._channel is not None:
+            self._channel.close()
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
+        env = dict(os.environ, CRI_SHIM_PINNER_FD=str(theirs.fileno()), PYTHONPATH=os.pathsep.join(
             [os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
              os.environ.get("PYTHONPATH", "")]))
-        return subprocess.Popen([sys.executable, "-S", "-m", "cri_shim.pinner"], stdin=subprocess.PIPE,
-                                stdout=subprocess.PIPE, text=True, bufsize=1, env=env, close_fds=True)
+        try:
+            return subprocess.Popen([sys.executable, "-S", "-m", "cri_shim.pinner"], stdin=subprocess.PIPE,
+                                    stdout=subprocess.PIPE, text=True, bufsize=1, env=env, close_fds=True,
+                                    pass_fds=(theirs.fileno(),))
+        finally:
+            theirs.close()
+            self._channel = ours
 
     def start(self) -> None:
         with self._lock:
@@ -172,9 +209,11 @@ class Pinner:
                 pass
         self._request(f"PIN {kind} {arg} {path}", undo)
 
-    def _request(self, line: str, undo: Callable[[], None]) -> None:
+    def _request(self, line: str, undo: Callable[[], None],
+                 then: Callable[[socket.socket], Any] | None = None) -> Any:
         """Send one request and raise its error; a helper that dies mid-request is
-        replaced and the request sent again once, after *undo*."""
+        replaced and the request sent again once, after *undo*. After an ``OK``,
+        *then* (still under the lock) takes what the helper sent on the channel."""
         with self._lock:
             for attempt in (1, 2):
                 if self._proc is None or self._proc.poll() is not None:
@@ -194,8 +233,9 @@ class Pinner:
                 undo()
             else:
                 raise OSError(errno.EIO, "the namespace pinner helper keeps dying")
-        if reply.startswith("OK"):
-            return
+            if reply.startswith("OK"):
+                assert self._channel is not None
+                return then(self._channel) if then is not None else None
         _, code, message = (reply.rstrip("\n").split(" ", 2) + ["", ""])[:3]
         raise OSError(int(code) if code.isdigit() else errno.EIO, message)
 
@@ -205,6 +245,21 @@ class Pinner:
         if " " in path or "\n" in path or " " in key:
             raise OSError(errno.EINVAL, f"cannot set sysctl {key!r} in {path!r}")
         self._request(f"SYSCTL {kind} {path} {key} {value.encode().hex()}", lambda: None)
+
+    def tcp_socket(self, path: str, family: int = socket.AF_INET) -> socket.socket:
+        """A TCP socket made inside the netns pinned at *path* (not connected).
+        Raises OSError."""
+        if " " in path or "\n" in path:
+            raise OSError(errno.EINVAL, f"cannot make a socket in {path!r}")
+        kind = "6" if family == socket.AF_INET6 else "4"
+
+        def take(channel: socket.socket) -> socket.socket:
+            _, ancdata, _, _ = channel.recvmsg(1, socket.CMSG_SPACE(4))
+            for level, typ, data in ancdata:
+                if level == socket.SOL_SOCKET and typ == socket.SCM_RIGHTS and len(data) >= 4:
+                    return socket.socket(fileno=struct.unpack("i", data[:4])[0])
+            raise OSError(errno.EIO, "the namespace pinner helper sent no socket")
+        return self._request(f"SOCKET net {path} {kind}", lambda: None, take)
 
     def close(self) -> None:
         with self._lock:

@@ -30,6 +30,7 @@ from .rpc import RUNTIME_NAME, answer_unimplemented, deadline, rpc
 from .manager import SandboxFilter, SandboxManager
 from .podconfig import parse_pod_config
 from .store import NOTREADY, READY, SandboxRecord
+from .streams import Streams
 
 log = logging.getLogger(__name__)
 
@@ -42,10 +43,11 @@ _PB_TO_STATE = {pb.SANDBOX_READY: READY, pb.SANDBOX_NOTREADY: NOTREADY}
 
 class CRIServicer(ContainerMethods, pb_grpc.RuntimeServiceServicer):
     def __init__(self, manager: SandboxManager, images: ImageService | None = None,
-                 containers: ContainerManager | None = None) -> None:
+                 containers: ContainerManager | None = None, streams: Streams | None = None) -> None:
         self.manager = manager
         self.images = images
         self.containers = containers   # type: ignore[assignment]
+        self.streams = streams
         self._frames: dict[str, tuple[SandboxRecord, bytes]] = {}   # see ListPodSandbox
         self._cpu_samples: dict[str, tuple[int, int]] = {}          # see ContainerStats
 
@@ -243,10 +245,11 @@ def build_server(runtime: CRIServicer, images: Any, admin: Any, address: str, *,
 
 
 def serve(manager: SandboxManager, image_service: ImageService, address: str,
-          stop: threading.Event, containers: ContainerManager | None = None) -> None:
+          stop: threading.Event, containers: ContainerManager | None = None,
+          streams: Streams | None = None) -> None:
     """Serve until *stop* is set; pods and containers are left as they are."""
     from .imageserver import AdminServicer, ImageServicer
-    server = build_server(CRIServicer(manager, image_service, containers),
+    server = build_server(CRIServicer(manager, image_service, containers, streams),
                           ImageServicer(image_service), AdminServicer(image_service), address)
     server.start()
     os.chmod(address, 0o660)
@@ -257,6 +260,8 @@ def serve(manager: SandboxManager, image_service: ImageService, address: str,
         log.info("shutting down")
         if containers is not None:
             containers.events.close()   # ends GetContainerEvents streams
+        if streams is not None:
+            streams.server.stop()
         server.stop(grace=5).wait()
         try:
             os.unlink(address)

@@ -154,7 +154,7 @@ class OCIRuntime:
                 raise RuntimeFailed(f"exec in container {container_id}",
                                     f"cannot run {self.binary}: {exc.strerror}") from exc
             deadline = time.monotonic() + timeout if timeout > 0 else None
-            out, err, timed_out = _collect(proc, deadline, lambda: _kill_tree(pid_file))
+            out, err, timed_out = _collect(proc, deadline, lambda: kill_tree(pid_file))
             code = proc.wait()
         if timed_out:
             return ExecResult(-1, out, err, timed_out=True)
@@ -250,7 +250,7 @@ def _runtime_error(stderr: bytes) -> bool:
         return False
 
 
-def _kill_tree(pid_file: str) -> None:
+def kill_tree(pid_file: str) -> None:
     """SIGKILL the exec'd process and every process below it."""
     try:
         with open(pid_file) as f:

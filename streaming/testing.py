@@ -31,10 +31,21 @@ REMOTECOMMAND_VERSIONS = ("v5.channel.k8s.io", "v4.channel.k8s.io", "v3.channel.
                           "v2.channel.k8s.io", "channel.k8s.io")   # client-go's offer, in order
 
 
-def http_request(url: str, method: str = "GET", headers: tuple[tuple[str, str], ...] = ()) -> tuple[int, dict, bytes, socket.socket]:
-    """Send one request head; returns (status, headers, body read so far, socket)."""
+Connect = Callable[[str, int], socket.socket]
+
+
+def _connect(host: str, port: int) -> socket.socket:
+    return socket.create_connection((host, port), timeout=10)
+
+
+def http_request(url: str, method: str = "GET", headers: tuple[tuple[str, str], ...] = (),
+                 connect: Connect = _connect) -> tuple[int, dict, bytes, socket.socket]:
+    """Send one request head; returns (status, headers, body read so far, socket).
+    *connect* makes the TCP connection (a test in another netns passes its own)."""
     u = urlsplit(url)
-    sock = socket.create_connection((u.hostname, u.port), timeout=10)
+    assert u.hostname is not None and u.port is not None
+    sock = connect(u.hostname, u.port)
+    sock.settimeout(30)
     lines = [f"{method} {u.path}{'?' + u.query if u.query else ''} HTTP/1.1", f"Host: {u.netloc}",
              *(f"{k}: {v}" for k, v in headers)]
     sock.sendall(("\r\n".join(lines) + "\r\n\r\n").encode())
@@ -64,10 +75,11 @@ class SpdyClient:
     """One SPDY session to a streaming URL."""
 
     def __init__(self, url: str, protocols: tuple[str, ...] = REMOTECOMMAND_VERSIONS,
-                 method: str = "POST") -> None:
+                 method: str = "POST", connect: Connect = _connect) -> None:
         headers = [("Connection", "Upgrade"), ("Upgrade", "SPDY/3.1")]
         headers += [("X-Stream-Protocol-Version", p) for p in protocols]
-        self.status, self.headers, rest, self.sock = http_request(url, method, tuple(headers))
+        self.status, self.headers, rest, self.sock = http_request(url, method, tuple(headers), connect)
+        self.sock.settimeout(None)
         self.protocol = (self.headers.get("x-stream-protocol-version") or [""])[0]
         self.framer = spdy.Framer()
         self._next_id = 1
@@ -177,9 +189,12 @@ class SpdyClient:
 class WsClient:
     """One WebSocket to a streaming URL, reading messages into per-channel buffers."""
 
-    def __init__(self, url: str, protocols: tuple[str, ...] = ("v5.channel.k8s.io",)) -> None:
+    def __init__(self, url: str, protocols: tuple[str, ...] = ("v5.channel.k8s.io",),
+                 connect: Connect = _connect) -> None:
         u = urlsplit(url)
-        self.sock = socket.create_connection((u.hostname, u.port), timeout=10)
+        assert u.hostname is not None and u.port is not None
+        self.sock = connect(u.hostname, u.port)
+        self.sock.settimeout(None)
         self.ws = WSConnection(ConnectionType.CLIENT)
         target = u.path + ("?" + u.query if u.query else "")
         self.sock.sendall(self.ws.send(Request(host=u.netloc, target=target,

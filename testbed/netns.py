@@ -9,6 +9,9 @@ iptables rule inside.
 from __future__ import annotations
 
 import secrets
+import socket
+import subprocess
+import sys
 
 from .process import sh
 
@@ -38,6 +41,26 @@ class Namespace:
 
     def veths(self) -> list[str]:
         return [name for name in self.links() if name.startswith("veth")]
+
+    def connect(self, host: str, port: int) -> socket.socket:
+        """A TCP connection to *host*:*port* made inside this namespace (by a short
+        child under ``nsenter``, which passes the socket back), so a test in the host's
+        namespace talks to a server on the node's 127.0.0.1."""
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
+        code = ("import socket,sys;s=socket.create_connection((sys.argv[1],int(sys.argv[2])),timeout=10);"
+                "c=socket.socket(fileno=int(sys.argv[3]));"
+                "c.sendmsg([b'x'],[(socket.SOL_SOCKET,socket.SCM_RIGHTS,s.fileno().to_bytes(4,sys.byteorder))])")
+        with ours:
+            try:
+                proc = subprocess.run(["nsenter", f"--net={self.path}", sys.executable, "-S", "-c", code,
+                                       host, str(port), str(theirs.fileno())],
+                                      pass_fds=(theirs.fileno(),), capture_output=True, text=True, timeout=30)
+            finally:
+                theirs.close()
+            if proc.returncode != 0:
+                raise ConnectionError(f"connecting to {host}:{port} in {self.name}: {proc.stderr.strip()}")
+            _, anc, _, _ = ours.recvmsg(1, socket.CMSG_SPACE(4))
+        return socket.socket(fileno=int.from_bytes(anc[0][2][:4], sys.byteorder))
 
     def delete(self) -> None:
         sh("ip", "netns", "del", self.name, check=False)
