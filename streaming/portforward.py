@@ -76,7 +76,7 @@ def forward(runtime: Runtime, sandbox_id: str, port: int, data: Any, error: Any)
         up.start()
         try:
             while True:
-                chunk = conn.recv(65536)
+                chunk = conn.recv(128 << 10)
                 if not chunk:
                     break
                 data.write(chunk)
@@ -94,13 +94,22 @@ def forward(runtime: Runtime, sandbox_id: str, port: int, data: Any, error: Any)
 def _client_to_pod(data: Any, conn: socket.socket) -> None:
     try:
         while True:
-            chunk = data.read(65536)
+            chunk = data.read(1 << 20)
             if not chunk:
                 conn.shutdown(socket.SHUT_WR)   # the client is done sending: say so
                 return
             conn.sendall(chunk)
     except OSError:
-        return
+        pass
+    # The pod's side is gone: what the client still sends is dropped, not left to
+    # fill the stream (which would stall the whole connection).
+    _stop_reading(data)
+
+
+def _stop_reading(stream: Any) -> None:
+    stop = getattr(stream, "stop_reading", None) or getattr(stream, "close", None)
+    if stop is not None:
+        stop()
 
 
 class SpdyPortForward:
@@ -174,6 +183,8 @@ class SpdyPortForward:
         try:
             ok = forward(self.runtime, self.sandbox_id, port, data, error)
         finally:
+            data.stop_reading()
+            error.stop_reading()
             for stream in (data, error):   # kubelet: closed after a success, reset after a failure
                 stream.close() if ok else stream.reset()
 

@@ -152,6 +152,10 @@ def run_session(ch: Channels, tty: bool, call: Callable[[StreamIO], None], what:
     for out in (ch.stdout, ch.stderr):
         if out is not None:
             _quietly(out.close)
+    for unread in (ch.stdin, ch.resize):   # the command is done with them
+        stop = getattr(unread, "stop_reading", None)
+        if stop is not None:
+            stop()
     log.debug("remotecommand: %s ended: %s", what, result)
     payload = ch.status(result)
     if payload:

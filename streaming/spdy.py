@@ -48,7 +48,7 @@ FLAG_SETTINGS_CLEAR = 0x01     # SETTINGS only
 GOAWAY_OK, GOAWAY_PROTOCOL_ERROR, GOAWAY_INTERNAL_ERROR = 0, 1, 2
 
 MAX_LENGTH = 0xFFFFFF          # the 24-bit length field
-MAX_DATA = 32 << 10            # what one DATA frame of ours carries at most
+MAX_DATA = 128 << 10           # what one DATA frame of ours carries at most
 MAX_HEADER_BLOCK = 256 << 10   # decompressed: more is a protocol error, not memory
 _HEAD = struct.Struct(">IB3s")
 
@@ -159,7 +159,8 @@ class Framer:
             length = int.from_bytes(raw_len, "big")
             if len(self._buf) < 8 + length:
                 break
-            body = bytes(self._buf[8:8 + length])
+            with memoryview(self._buf) as view:   # one copy of the body, not two
+                body = bytes(view[8:8 + length])
             del self._buf[:8 + length]
             frame = self._control(word, flags, body) if word & 0x80000000 else \
                 Data(word & 0x7FFFFFFF, body, bool(flags & FLAG_FIN))

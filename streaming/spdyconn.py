@@ -53,10 +53,11 @@ class Stream:
         self.id = stream_id
         self.headers = headers
         self._cond = threading.Condition()
-        self._chunks: deque[bytes] = deque()
+        self._chunks: deque[bytes | memoryview] = deque()
         self._buffered = 0
         self._remote_done = False    # FIN or RST received, or the connection ended
         self._local_done = False     # our FIN or RST sent
+        self._unread = False         # nobody reads it any more: what comes is dropped
         self.reset_by_peer = False
 
     def header(self, name: str, default: str = "") -> str:
@@ -71,12 +72,13 @@ class Stream:
             if not self._chunks:
                 return b""
             chunk = self._chunks.popleft()
-            if len(chunk) > size:
-                self._chunks.appendleft(chunk[size:])
-                chunk = chunk[:size]
+            if len(chunk) > size:   # a view: the rest is not copied on every read
+                view = memoryview(chunk)
+                self._chunks.appendleft(view[size:])
+                chunk = view[:size]
             self._buffered -= len(chunk)
             self._cond.notify_all()
-            return chunk
+            return bytes(chunk)
 
     def write(self, data: bytes) -> None:
         if self._local_done:
@@ -109,6 +111,15 @@ class Stream:
                 pass
         self.conn.forget_if_done(self)
 
+    def stop_reading(self) -> None:
+        """Nobody will read this stream again: drop what it holds and what comes, so
+        a client that keeps sending cannot stall the connection's reader."""
+        with self._cond:
+            self._unread = True
+            self._chunks.clear()
+            self._buffered = 0
+            self._cond.notify_all()
+
     @property
     def done(self) -> bool:
         return self._local_done and self._remote_done
@@ -119,10 +130,10 @@ class Stream:
         with self._cond:
             # Back-pressure: wait while the consumer is behind (or until it is gone).
             self._cond.wait_for(lambda: self._buffered < STREAM_BUFFER or self._remote_done
-                                or self.conn.closed)
+                                or self._unread or self.conn.closed)
             if self._remote_done:
                 return
-            if data:
+            if data and not self._unread:
                 self._chunks.append(data)
                 self._buffered += len(data)
             if fin:
@@ -176,7 +187,7 @@ class Connection:
         try:
             while not self.closed:
                 try:
-                    data = self.transport.recv(65536)
+                    data = self.transport.recv(256 << 10)
                 except TimeoutError:
                     if self.idle_timeout and time.monotonic() - self.last_activity > self.idle_timeout:
                         log.info("spdy: idle for %.0f s, closing", self.idle_timeout)
