@@ -15,14 +15,14 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any, Sequence
 
-from . import concurrency, containerspart, flannelpart, imagespart, latency, report, scale
+from . import concurrency, containerspart, flannelpart, imagespart, latency, report, scale, streamingpart
 from .context import Context, Sizes
 from .node import NETWORK, REPO, Work, supervise, veths
 from .rawchain import RawChain
 
 PARTS: dict[str, ModuleType] = {"latency": latency, "concurrency": concurrency,
                                 "scale": scale, "flannel": flannelpart, "images": imagespart,
-                                "containers": containerspart}
+                                "containers": containerspart, "streaming": streamingpart}
 
 
 def parse_args(argv: Sequence[str]) -> argparse.Namespace:

@@ -40,6 +40,7 @@ class Sizes:
     image_repulls: int = 20                # images: pulls of the image already present
     container_rounds: int = 20             # containers: interleaved Create+Start / runc run rounds
     containers: int = 100                  # containers: running at once for the memory figures
+    forward_mib: int = 100                 # streaming: MiB through one port forward
 
     @classmethod
     def quick(cls, pods: int = 40) -> "Sizes":
@@ -50,7 +51,7 @@ class Sizes:
                    soak_rounds=2, soak_pods=n,
                    flannel_pairs=max(3, n // 2), image_layers=2, image_layer_mib=2,
                    image_rounds=2, image_repulls=5, container_rounds=max(3, n // 8),
-                   containers=max(5, n // 4))
+                   containers=max(5, n // 4), forward_mib=20)
 
 
 @dataclass

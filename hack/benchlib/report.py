@@ -185,6 +185,21 @@ def rows(results: dict[str, Any]) -> list[Row]:
             Row(f"server RSS with {ct['running']} running containers", f"{ct['server_rss_mib']:.0f} MiB"),
             Row(f"ListContainers with {ct['running']} containers", _ms(ct["list_ms"])),
         ]
+    st = results.get("streaming")
+    if st and "exec_sync" in st:
+        out += [
+            Row("ExecSync of true median / runc exec median",
+                f"{_x(st['exec_sync_ratio'])} ({_ms(st['exec_sync']['median_ms'])} vs "
+                f"{_ms(st['runc_exec']['median_ms'])})", "<= 1.30x",
+                _check(st["exec_sync_ratio"], lambda v: v <= 1.3)),
+            Row("streaming exec of true (SPDY) median / runc exec median",
+                f"{_x(st['exec_stream_ratio'])} ({_ms(st['exec_stream']['median_ms'])})", "<= 1.30x",
+                _check(st["exec_stream_ratio"], lambda v: v <= 1.3)),
+            Row(f"port forward of {st['forward_mib']} MiB: throughput / direct TCP into the pod",
+                f"{_x(st['forward_ratio'])} ({_ms(st['forward']['median_ms'])} vs "
+                f"{_ms(st['direct']['median_ms'])})", ">= 0.50x",
+                _check(st["forward_ratio"], lambda v: v >= 0.5)),
+        ]
     for part, res in results.items():
         if isinstance(res, dict) and res.get("error"):
             out.append(Row(f"{part} part", f"FAILED: {res['error']}", "runs", False))

@@ -36,7 +36,7 @@ def test_bench_quick_smoke(tmp_path: Path) -> None:
     doc = json.loads(out.read_text())
     for section in ("meta", "latency", "concurrency", "scale", "flannel", "leftovers", "table"):
         assert section in doc, f"no {section!r} section"
-    for part in ("latency", "concurrency", "scale", "flannel"):
+    for part in ("latency", "concurrency", "scale", "flannel", "images", "containers", "streaming"):
         assert not doc[part].get("error"), f"{part}: {doc[part].get('error')}"
 
     lat = doc["latency"]
@@ -68,6 +68,12 @@ def test_bench_quick_smoke(tmp_path: Path) -> None:
     images = doc["images"]
     assert images["pull"]["median_ms"] > 0 and images["skopeo_umoci"]["median_ms"] > 0
     assert images["repull"]["median_ms"] > 0 and images["ratio"] > 0
+
+    containers = doc["containers"]
+    assert containers["ratio"] > 0 and containers["pod_ratio"] > 0 and containers["running"] > 0
+    streaming = doc["streaming"]
+    assert streaming["exec_sync_ratio"] > 0 and streaming["exec_stream_ratio"] > 0
+    assert streaming["forward_ratio"] > 0 and streaming["forward"]["n"] >= 2
 
     assert doc["leftovers"] == {}
     assert all({"metric", "value", "target", "ok"} <= set(row) for row in doc["table"])
