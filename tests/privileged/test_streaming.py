@@ -119,6 +119,28 @@ def test_client_gone_leaves_no_process(world: PodWorld) -> None:
     assert world.state(world.web) == "CONTAINER_RUNNING"
 
 
+def test_fifty_concurrent_execs_leave_nothing(world: PodWorld) -> None:
+    import threading
+    fds_before = len(os.listdir(f"/proc/{world.server.pid}/fd"))
+    results: dict[int, bytes] = {}
+
+    def one(i: int) -> None:
+        c = _spdy(world, _exec_url(world, world.web, ["echo", str(i)], stdout=True))
+        results[i] = c.command(stderr=False)["stdout"]
+        c.close()
+    threads = [threading.Thread(target=one, args=(i,)) for i in range(50)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    assert results == {i: f"{i}\n".encode() for i in range(50)}
+    deadline = time.monotonic() + 10
+    while len(os.listdir(f"/proc/{world.server.pid}/fd")) > fds_before and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert len(os.listdir(f"/proc/{world.server.pid}/fd")) <= fds_before
+    assert _processes("runc") == [] and world.state(world.web) == "CONTAINER_RUNNING"
+
+
 def test_exec_rpc_errors(world: PodWorld) -> None:
     for req, code, words in [
         (pb.ExecRequest(container_id=world.web, cmd=["ls"], tty=True, stderr=True),
