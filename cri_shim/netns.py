@@ -112,7 +112,12 @@ def connect(path: str, port: int, *, timeout: float = 10.0) -> socket.socket:
     pinner created there. Raises OSError (the last attempt's)."""
     last: OSError = OSError(errno.ECONNREFUSED, "connection refused")
     for family, host in ((socket.AF_INET, "127.0.0.1"), (socket.AF_INET6, "::1")):
-        sock = _PINNER.tcp_socket(path, family)
+        try:
+            sock = _PINNER.tcp_socket(path, family)
+        except OSError as exc:
+            if exc.errno == errno.EAFNOSUPPORT:   # no IPv6 here: the IPv4 error stands
+                continue
+            raise
         sock.settimeout(timeout)
         try:
             sock.connect((host, port))

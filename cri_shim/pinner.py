@@ -254,7 +254,7 @@ class Pinner:
         kind = "6" if family == socket.AF_INET6 else "4"
 
         def take(channel: socket.socket) -> socket.socket:
-            _, ancdata, _, _ = channel.recvmsg(1, socket.CMSG_SPACE(4))
+            _, ancdata, _, _ = channel.recvmsg(1, socket.CMSG_SPACE(4), socket.MSG_CMSG_CLOEXEC)
             for level, typ, data in ancdata:
                 if level == socket.SOL_SOCKET and typ == socket.SCM_RIGHTS and len(data) >= 4:
                     return socket.socket(fileno=struct.unpack("i", data[:4])[0])

@@ -77,7 +77,9 @@ class ShimStreamRuntime:
             raise StreamingError(f'sandbox "{rec.id}" is not running')
         if not rec.netns_path:   # a host-network pod: the node's localhost
             try:
-                return socket.create_connection(("127.0.0.1", port), timeout=10)
+                conn = socket.create_connection(("127.0.0.1", port), timeout=10)
+                conn.settimeout(None)
+                return conn
             except OSError as exc:
                 raise StreamingError(f"failed to connect to localhost:{port}: {exc.strerror}") from exc
         try:

@@ -21,6 +21,7 @@ import subprocess
 import tempfile
 import termios
 import threading
+import time
 from typing import Any
 
 from .errors import RuntimeFailed
@@ -60,18 +61,25 @@ def _with_pipes(argv: list[str], pid_file: str, io: Any) -> int:
     except OSError as exc:
         raise RuntimeFailed("exec", f"cannot run {argv[0]}: {exc.strerror}") from exc
     assert proc.stdout is not None and proc.stderr is not None
-    pumps = [_thread(_copy_out, proc.stdout.fileno(), io.stdout),
-             _thread(_copy_out, proc.stderr.fileno(), io.stderr)]
+    # Each pump owns its pipe and closes it at its end: a background child of the
+    # command may hold the other side long after the command exited.
+    pumps = [_thread(_copy_out, _own(proc.stdout), io.stdout, True),
+             _thread(_copy_out, _own(proc.stderr), io.stderr, True)]
     if io.stdin is not None:
         assert proc.stdin is not None
         _thread(_copy_in, io.stdin, proc.stdin.fileno(), proc.stdin)
     _watch_cancel(proc, pid_file, io)
     code = proc.wait()
     for t in pumps:
-        t.join()
-    for f in (proc.stdout, proc.stderr):
-        f.close()
+        t.join(DRAIN_AFTER_EXIT)
     return code
+
+
+def _own(f: Any) -> int:
+    """The fd of pipe file *f*, detached from it (the caller closes the fd)."""
+    fd = os.dup(f.fileno())
+    f.close()
+    return fd
 
 
 def _with_tty(argv: list[str], container_id: str, pid_file: str, io: Any) -> int:
@@ -88,10 +96,13 @@ def _with_tty(argv: list[str], container_id: str, pid_file: str, io: Any) -> int
         raise RuntimeFailed("exec", f"cannot run {argv[0]}: {exc.strerror}") from exc
     finally:
         os.close(slave)
+    # Each thread its own descriptor of the master: one closing it cannot hand its
+    # number to another file while the others still write to it.
     if io.resize is not None:
-        _thread(_resizes, io.resize, master, proc)
+        _thread(_resizes, io.resize, os.dup(master), proc)
     if io.stdin is not None:
-        _thread(_copy_in, io.stdin, master, None)
+        stdin_fd = os.dup(master)
+        _thread(_copy_in, io.stdin, stdin_fd, stdin_fd)
     out = _thread(_copy_out, master, io.stdout, True)
     _watch_cancel(proc, pid_file, io)
     code = proc.wait()
@@ -100,17 +111,20 @@ def _with_tty(argv: list[str], container_id: str, pid_file: str, io: Any) -> int
 
 
 def _resizes(sizes: Any, master: int, proc: subprocess.Popen) -> None:
-    while True:
-        size = sizes.get()
-        if size is None or proc.poll() is not None:
-            return
-        if size.width < 1 or size.height < 1:
-            continue   # containerd ignores those too
-        try:
-            fcntl.ioctl(master, termios.TIOCSWINSZ, struct.pack("HHHH", size.height, size.width, 0, 0))
-            os.kill(proc.pid, signal.SIGWINCH)   # runc passes the new size on
-        except OSError:
-            return
+    try:
+        while True:
+            size = sizes.get()
+            if size is None or proc.poll() is not None:
+                return
+            if size.width < 1 or size.height < 1:
+                continue   # containerd ignores those too
+            try:
+                fcntl.ioctl(master, termios.TIOCSWINSZ, struct.pack("HHHH", size.height, size.width, 0, 0))
+                os.kill(proc.pid, signal.SIGWINCH)   # runc passes the new size on
+            except OSError:
+                return
+    finally:
+        os.close(master)
 
 
 def _copy_out(fd: int, writer: Any, close: bool = False) -> None:
@@ -139,8 +153,8 @@ def _pump(fd: int, writer: Any) -> None:
 
 
 def _copy_in(reader: Any, fd: int, pipe: Any) -> None:
-    """The client's stdin to *fd*; at its end close *pipe* (the command's stdin pipe:
-    it sees EOF). A tty's master stays open: the command's output still comes."""
+    """The client's stdin to *fd*; at its end close *pipe* (the command's stdin pipe,
+    which then sees EOF, or our own descriptor of a tty's master)."""
     try:
         while True:
             chunk = reader.read(32 << 10)
@@ -151,7 +165,9 @@ def _copy_in(reader: Any, fd: int, pipe: Any) -> None:
                 view = view[os.write(fd, view):]
     except OSError:
         pass
-    if pipe is not None:
+    if isinstance(pipe, int):
+        os.close(pipe)
+    elif pipe is not None:
         _close(pipe)
 
 
@@ -159,8 +175,14 @@ def _watch_cancel(proc: subprocess.Popen, pid_file: str, io: Any) -> None:
     def watch() -> None:
         while proc.poll() is None:
             if io.cancelled.wait(0.2):
-                if proc.poll() is None:
-                    kill_tree(pid_file)
+                # The client went: kill the command and all below it; runc, its
+                # parent, reaps them. Before runc wrote the pid, runc itself goes.
+                while proc.poll() is None:
+                    if os.path.exists(pid_file):
+                        kill_tree(pid_file)
+                    else:
+                        proc.kill()
+                    time.sleep(0.1)
                 return
     _thread(watch)
 

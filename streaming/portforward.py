@@ -96,7 +96,9 @@ def _client_to_pod(data: Any, conn: socket.socket) -> None:
         while True:
             chunk = data.read(1 << 20)
             if not chunk:
-                conn.shutdown(socket.SHUT_WR)   # the client is done sending: say so
+                # The client is done sending: say so; if it is gone altogether (a
+                # reset, the connection's end), end the pod's side too.
+                conn.shutdown(socket.SHUT_RDWR if _gone(data) else socket.SHUT_WR)
                 return
             conn.sendall(chunk)
     except OSError:
@@ -104,6 +106,14 @@ def _client_to_pod(data: Any, conn: socket.socket) -> None:
     # The pod's side is gone: what the client still sends is dropped, not left to
     # fill the stream (which would stall the whole connection).
     _stop_reading(data)
+
+
+def _gone(stream: Any) -> bool:
+    conn = getattr(stream, "conn", None)
+    if getattr(stream, "reset_by_peer", False) or getattr(conn, "closed", False):
+        return True
+    done = getattr(conn, "done", None)
+    return bool(done is not None and done.is_set())
 
 
 def _stop_reading(stream: Any) -> None:
@@ -147,12 +157,15 @@ class SpdyPortForward:
             if created:
                 pair = self._pairs[request] = {"started": time.monotonic()}
             if kind in pair:
+                stream.stop_reading()
                 message = (f"error processing stream for request {request}: "
                            f"{kind} stream already assigned")
                 target = pair.get("error") if kind == "data" else stream
                 self._spawn(_write_quietly, target, message)
                 return True
             pair[kind] = stream
+            if kind == "error":
+                stream.stop_reading()   # the client only reads it
             complete = "data" in pair and "error" in pair
             if complete:
                 del self._pairs[request]

@@ -78,10 +78,14 @@ def wait_for_streams(incoming: "queue.Queue[Any]", protocol: str, opts: Options,
         kind = stream.header("streamtype")
         if kind not in STREAM_TYPES or (kind == "resize" and protocol not in (V4, V3)):
             log.info("remotecommand: unexpected stream type %r", kind)
+            stream.stop_reading()   # taken and answered, as kubelet does; never read
             continue
         if kind in got:
             log.info("remotecommand: a second %s stream", kind)
+            stream.stop_reading()
             continue
+        if kind in ("error", "stdout", "stderr"):
+            stream.stop_reading()   # the server writes these; what the client sends is dropped
         got[kind] = stream
     ch = Channels(error=got["error"], stdin=got.get("stdin"), stdout=got.get("stdout"),
                   stderr=got.get("stderr"), resize=got.get("resize"),

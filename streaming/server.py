@@ -165,7 +165,11 @@ class StreamServer:
         try:
             conn.settimeout(HEAD_TIMEOUT)
             if self.tls_context is not None:
+                raw = conn
                 conn = self.tls_context.wrap_socket(conn, server_side=True)
+                with self._lock:
+                    self._conns.discard(raw)
+                    self._conns.add(conn)
             head = _read_head(conn)
             if head is not None:
                 self._route(conn, head)
@@ -194,7 +198,9 @@ class StreamServer:
         request = self.cache.consume(parts[1])
         if not isinstance(request, kinds[parts[0]]):
             return _respond(conn, 404, "404 page not found\n")
-        conn.settimeout(1.0)   # the readers poll: idle timeouts and shutdown are seen
+        # Blocking from here on (a slow client must not time a write out); the readers
+        # poll, so idle timeouts and shutdown are seen.
+        conn.settimeout(None)
         websocket = "upgrade" in head.header("connection").lower() and \
             head.header("upgrade").lower() == "websocket"
         if isinstance(request, PortForwardRequest):
@@ -242,7 +248,8 @@ class StreamServer:
     def _ws_command(self, conn: socket.socket, head: _Head, opts: remotecommand.Options,
                     call: Callable[[Any], None], what: str) -> None:
         modes = (wsstream.READ if opts.stdin else 0, wsstream.WRITE if opts.stdout else 0,
-                 wsstream.WRITE if opts.stderr else 0, wsstream.WRITE, wsstream.READ)
+                 wsstream.WRITE if opts.stderr else 0, wsstream.WRITE,
+                 wsstream.READ if opts.tty else 0)   # resizes are read only with a tty
         binary, text = wsstream.ChannelConfig(True, modes), wsstream.ChannelConfig(False, modes)
         offers = {"": binary, wsstream.V1: binary, wsstream.V1_BASE64: text, wsstream.V4: binary,
                   wsstream.V4_BASE64: text, wsstream.V5: binary}
@@ -400,10 +407,17 @@ class _SocketTransport:
         self.sock, self._rest = sock, rest
 
     def recv(self, size: int) -> bytes:
+        """Bytes, b"" at the end; TimeoutError after a second of nothing (the
+        session checks its idle time then)."""
         if self._rest:
             data, self._rest = self._rest, b""
             return data
+        if not wsstream.readable(self.sock, 1.0):
+            raise TimeoutError
         return self.sock.recv(size)
+
+    def hung_up(self) -> bool:
+        return wsstream.hung_up(self.sock)
 
     def sendall(self, data: bytes) -> None:
         self.sock.sendall(data)
@@ -426,6 +440,9 @@ class _TunnelTransport:
 
     def __init__(self, ws: wsstream.WebSocket) -> None:
         self.ws = ws
+
+    def hung_up(self) -> bool:
+        return wsstream.hung_up(self.ws.sock)
 
     def recv(self, size: int) -> bytes:
         while True:

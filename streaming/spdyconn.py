@@ -30,6 +30,7 @@ __all__ = ["Transport", "Stream", "Connection", "StreamClosed", "STREAM_BUFFER"]
 log = logging.getLogger(__name__)
 
 STREAM_BUFFER = 1 << 20
+REPLY_WAIT = 10.0   # seconds a writer waits for the stream's SYN_REPLY to be sent
 
 
 class Transport(Protocol):
@@ -58,6 +59,7 @@ class Stream:
         self._remote_done = False    # FIN or RST received, or the connection ended
         self._local_done = False     # our FIN or RST sent
         self._unread = False         # nobody reads it any more: what comes is dropped
+        self._replied = threading.Event()   # SYN_REPLY (or our RST) sent: we may write
         self.reset_by_peer = False
 
     def header(self, name: str, default: str = "") -> str:
@@ -81,6 +83,9 @@ class Stream:
             return bytes(chunk)
 
     def write(self, data: bytes) -> None:
+        # Nothing may go out before the reply: spdystream drops it, and a RST before
+        # the reply fails the client's CreateStream.
+        self._replied.wait(REPLY_WAIT)
         if self._local_done:
             raise StreamClosed(f"stream {self.id} is closed")
         view = memoryview(data)
@@ -89,6 +94,7 @@ class Stream:
 
     def close(self) -> None:
         """Our half is done (DATA with FIN); reading goes on. Idempotent."""
+        self._replied.wait(REPLY_WAIT)
         with self._cond:
             if self._local_done:
                 return
@@ -100,6 +106,7 @@ class Stream:
         self.conn.forget_if_done(self)
 
     def reset(self, status: int = spdy.CANCEL) -> None:
+        self._replied.wait(REPLY_WAIT)
         with self._cond:
             already = self._local_done and self._remote_done
             self._local_done = self._remote_done = True
@@ -129,8 +136,12 @@ class Stream:
     def _deliver(self, data: bytes, fin: bool) -> None:
         with self._cond:
             # Back-pressure: wait while the consumer is behind (or until it is gone).
-            self._cond.wait_for(lambda: self._buffered < STREAM_BUFFER or self._remote_done
-                                or self._unread or self.conn.closed)
+            while not self._cond.wait_for(lambda: self._buffered < STREAM_BUFFER or self._remote_done
+                                          or self._unread or self.conn.closed, 1.0):
+                if self.conn.peer_hung_up():
+                    # The client is gone while we hold its data: drop, so the reader
+                    # gets to the end of the connection and the session is cancelled.
+                    self._unread = True
             if self._remote_done:
                 return
             if data and not self._unread:
@@ -171,14 +182,17 @@ class Connection:
         self.last_activity = time.monotonic()
 
     def send(self, frame: spdy.Frame) -> None:
+        failed: OSError | None = None
         with self._write:
             if self.closed:
                 raise StreamClosed("the connection is closed")
             try:
                 self.transport.sendall(self.framer.encode(frame))
             except OSError as exc:
-                self._shut()
-                raise StreamClosed(f"the connection is gone: {exc}") from exc
+                failed = exc
+        if failed is not None:
+            self._shut()   # outside the write lock, which _shut takes
+            raise StreamClosed(f"the connection is gone: {failed}") from failed
         self.last_activity = time.monotonic()
 
     def serve(self) -> None:
@@ -220,7 +234,8 @@ class Connection:
         elif isinstance(frame, spdy.SynStream):
             self._open(frame)
         elif isinstance(frame, spdy.RstStream):
-            stream = self._streams.pop(frame.stream_id, None)
+            with self._lock:
+                stream = self._streams.pop(frame.stream_id, None)
             if stream is not None:
                 stream._peer_reset()
         elif isinstance(frame, spdy.Ping):
@@ -249,14 +264,20 @@ class Connection:
             accepted = False
         if accepted:
             self._try_send(spdy.SynReply(sid, ()))
+            stream._replied.set()
         else:
+            stream._replied.set()
             stream.reset(spdy.CANCEL)
+
+    def peer_hung_up(self) -> bool:
+        check = getattr(self.transport, "hung_up", None)
+        return bool(check and check())
 
     def forget_if_done(self, stream: Stream) -> None:
         if stream.done:
             with self._lock:
                 if self._streams.get(stream.id) is stream:
-                    del self._streams[stream.id]
+                    self._streams.pop(stream.id, None)
 
     def _rst(self, stream_id: int, status: int) -> None:
         self._try_send(spdy.RstStream(stream_id, status))

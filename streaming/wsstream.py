@@ -16,7 +16,9 @@ from __future__ import annotations
 import base64
 import binascii
 import logging
+import select
 import socket
+import ssl
 import threading
 import time
 from collections import deque
@@ -28,6 +30,7 @@ from wsproto.events import (AcceptConnection, BytesMessage, CloseConnection, Pin
                             Request, TextMessage)
 
 __all__ = ["ChannelConfig", "WebSocket", "Channel", "ChannelConn", "handshake", "CLOSE_CHANNEL",
+           "readable", "hung_up", "MAX_MESSAGE",
            "V5", "V4", "V4_BASE64", "V1", "V1_BASE64"]
 
 log = logging.getLogger(__name__)
@@ -38,6 +41,28 @@ V1, V1_BASE64 = "channel.k8s.io", "base64.channel.k8s.io"
 CLOSE_CHANNEL = 255
 READ, WRITE = 1, 2
 CHANNEL_BUFFER = 1 << 20
+MAX_MESSAGE = 32 << 20    # x/net/websocket's default limit; more is closed with 1009
+_POLLRDHUP = getattr(select, "POLLRDHUP", 0x2000)
+
+
+def readable(sock: socket.socket, timeout: float) -> bool:
+    """Whether *sock* has something to read (or its end) within *timeout*: the
+    sockets stay blocking, so a slow reader on the other side never times a write out."""
+    if isinstance(sock, ssl.SSLSocket) and sock.pending():
+        return True
+    p = select.poll()
+    p.register(sock.fileno(), select.POLLIN | select.POLLERR | select.POLLHUP)
+    return bool(p.poll(timeout * 1000))
+
+
+def hung_up(sock: socket.socket) -> bool:
+    """Whether the peer closed or reset the connection (without reading it)."""
+    try:
+        p = select.poll()
+        p.register(sock.fileno(), _POLLRDHUP | select.POLLERR | select.POLLHUP)
+        return bool(p.poll(0))
+    except (OSError, ValueError):
+        return True
 
 
 @dataclass(frozen=True)
@@ -57,6 +82,7 @@ class WebSocket:
         self._write = threading.Lock()
         self._pending: deque[bytes | str | None] = deque()
         self._parts: list[Any] = []
+        self._size = 0
         self.last_activity = time.monotonic()
         if rest:
             self.ws.receive_data(rest)
@@ -78,7 +104,13 @@ class WebSocket:
             for event in self.ws.events():
                 if isinstance(event, (BytesMessage, TextMessage)):
                     self._parts.append(event.data)
+                    self._size += len(event.data)
+                    if self._size > MAX_MESSAGE:
+                        log.info("websocket: a message over %d bytes: closing", MAX_MESSAGE)
+                        self._try(CloseConnection(code=1009))
+                        return None
                     if event.message_finished:
+                        self._size = 0
                         first = self._parts[0]
                         joined = (b"" if isinstance(first, bytes) else "").join(self._parts)
                         self._parts = []
@@ -91,12 +123,12 @@ class WebSocket:
             if self._pending:
                 break
             try:
-                data = self.sock.recv(65536)
-            except TimeoutError:
-                if self.idle_timeout and time.monotonic() - self.last_activity > self.idle_timeout:
-                    return None
-                continue
-            except OSError:
+                if not readable(self.sock, 1.0):
+                    if self.idle_timeout and time.monotonic() - self.last_activity > self.idle_timeout:
+                        return None
+                    continue
+                data = self.sock.recv(256 << 10)
+            except (OSError, ValueError):
                 return None
             if not data:
                 return None
@@ -141,8 +173,12 @@ def handshake(sock: socket.socket, head: bytes, offers: dict[str, Any],
     "" is offered), as x/net/websocket's handshake does; 403 when none fits. Returns
     the socket, the protocol and its offer, or (None, "", None) after a refusal."""
     ws = WSConnection(ConnectionType.SERVER)
-    ws.receive_data(head)
-    request = next((e for e in ws.events() if isinstance(e, Request)), None)
+    try:
+        ws.receive_data(head)
+        request = next((e for e in ws.events() if isinstance(e, Request)), None)
+    except Exception as exc:   # wsproto's RemoteProtocolError: not a WebSocket handshake
+        log.info("websocket: bad handshake: %s", exc)
+        request = None
     if request is None:
         sock.sendall(b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
         return None, "", None
@@ -191,9 +227,19 @@ class Channel:
             self._eof = True
             self._cond.notify_all()
 
+    def stop_reading(self) -> None:
+        """Nobody reads this channel any more: drop what it holds and what comes."""
+        with self._cond:
+            self._eof = True
+            self._chunks.clear()
+            self._buffered = 0
+            self._cond.notify_all()
+
     def _deliver(self, data: bytes) -> None:
         with self._cond:
-            self._cond.wait_for(lambda: self._buffered < CHANNEL_BUFFER or self._eof)
+            while not self._cond.wait_for(lambda: self._buffered < CHANNEL_BUFFER or self._eof, 1.0):
+                if hung_up(self.conn.ws.sock):
+                    self._eof = True   # the client is gone: drop, get to the end
             if self._eof:
                 return
             self._chunks.append(data)
@@ -261,5 +307,7 @@ class ChannelConn:
         """The close frame, then wait (at most *linger* seconds) for the client to
         close its side, then the socket."""
         self.ws.goodbye()
+        for ch in self.channels:   # nobody reads them now: the reader must not wait
+            ch.stop_reading()
         self.done.wait(linger)
         self.ws.close()

@@ -38,6 +38,15 @@ def _sh(cmd, io) -> None:
         io.stdout.write(f"{size.width}x{size.height}\n".encode())
     elif cmd[0] == "wait":
         io.cancelled.wait(30)
+    elif cmd[0] == "flood":   # output until the client is gone, never reading stdin
+        while not io.cancelled.is_set():
+            try:
+                io.stdout.write(b"y" * 65536)
+            except OSError:
+                io.cancelled.wait(30)
+                return
+    elif cmd[0] == "big":
+        io.stdout.write(b"z" * (48 << 20))
 
 
 @pytest.fixture
@@ -446,3 +455,56 @@ def test_tls_self_signed(runtime: FakeRuntime) -> None:
         tls.close()
     finally:
         s.stop()
+
+
+# -- review findings: each failed before its fix ----------------------------------------
+
+def test_client_reset_while_output_flows_cancels(server: StreamServer, runtime: FakeRuntime) -> None:
+    import struct
+    c = SpdyClient(server.get_exec(ExecRequest("c1", ("flood",), stdout=True)))
+    c.open(streamType="error")
+    c.open(streamType="stdout")
+    time.sleep(0.3)
+    c.sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    c.sock.close()   # an RST, while the server writes
+    assert runtime.ios[0].cancelled.wait(10)
+
+
+def test_a_slow_reader_gets_everything(server: StreamServer) -> None:
+    c = SpdyClient(server.get_exec(ExecRequest("c1", ("big",), stdout=True)))
+    eid, oid = c.open(streamType="error"), c.open(streamType="stdout")
+    time.sleep(2.5)   # not reading for longer than any poll interval of the server
+    assert len(c.read_all(oid, timeout=30)) == 48 << 20
+    assert json.loads(c.read_all(eid))["status"] == "Success"
+    c.close()
+
+
+def test_nothing_goes_out_on_a_stream_before_its_reply(server: StreamServer) -> None:
+    for _ in range(20):
+        c = SpdyClient(server.get_port_forward(PortForwardRequest("pod1")), ("portforward.k8s.io",))
+        seen: list = []
+        original = c._dispatch
+
+        def record(frames, original=original, seen=seen):
+            seen.extend(frames)
+            original(frames)
+        c._dispatch = record   # type: ignore[method-assign]
+        err = c.open(streamType="error", port="81", requestID="0")
+        data = c.open(streamType="data", port="81", requestID="0")
+        c.read_all(err)
+        c.fin[data].wait(5)
+        for sid in (err, data):
+            kinds = [type(f).__name__ for f in seen if getattr(f, "stream_id", None) == sid]
+            assert kinds[0] == "SynReply", kinds
+        c.close()
+
+
+def test_websocket_stdin_nobody_reads_does_not_wedge(server: StreamServer, runtime: FakeRuntime) -> None:
+    before = threading.active_count()
+    ws = WsClient(server.get_exec(ExecRequest("c1", ("wait",), stdin=True, stdout=True)))
+    for _ in range(24):
+        ws.send(0, bytes(128 << 10))   # 3 MiB the command never reads
+    ws.sock.shutdown(socket.SHUT_RDWR)
+    ws.close()
+    assert runtime.ios[0].cancelled.wait(10)
+    assert _threads_settle(before) <= before + 1
