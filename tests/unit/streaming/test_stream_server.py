@@ -464,6 +464,9 @@ def test_client_reset_while_output_flows_cancels(server: StreamServer, runtime: 
     c = SpdyClient(server.get_exec(ExecRequest("c1", ("flood",), stdout=True)))
     c.open(streamType="error")
     c.open(streamType="stdout")
+    deadline = time.monotonic() + 10
+    while not runtime.ios and time.monotonic() < deadline:
+        time.sleep(0.01)
     time.sleep(0.3)
     c.sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
     c.sock.close()   # an RST, while the server writes
@@ -502,8 +505,14 @@ def test_nothing_goes_out_on_a_stream_before_its_reply(server: StreamServer) -> 
 def test_websocket_stdin_nobody_reads_does_not_wedge(server: StreamServer, runtime: FakeRuntime) -> None:
     before = threading.active_count()
     ws = WsClient(server.get_exec(ExecRequest("c1", ("wait",), stdin=True, stdout=True)))
-    for _ in range(24):
-        ws.send(0, bytes(128 << 10))   # 3 MiB the command never reads
+    deadline = time.monotonic() + 10
+    while not runtime.ios and time.monotonic() < deadline:   # the command runs
+        time.sleep(0.01)
+    # More than the channel holds (1 MiB), less than the sockets buffer: the client's
+    # end still reaches the server (with more, TCP's closed window would hold the FIN
+    # back, as it would from any runtime).
+    for _ in range(12):
+        ws.send(0, bytes(128 << 10))   # 1.5 MiB the command never reads
     ws.sock.shutdown(socket.SHUT_RDWR)
     ws.close()
     assert runtime.ios[0].cancelled.wait(10)
