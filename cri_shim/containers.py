@@ -506,10 +506,15 @@ class ContainerManager:
 
     # -- exec, update, logs -----------------------------------------------------------
 
-    def exec_sync(self, container_id: str, cmd: list[str], timeout: float) -> ExecResult:
+    def running(self, container_id: str) -> ContainerRecord:
+        """The record of a running container; FailedPrecondition for one that is not."""
         rec = self.get(container_id)
         if rec.state != RUNNING:
             raise FailedPrecondition(f'container "{rec.id}" is not running (state {rec.state})')
+        return rec
+
+    def exec_sync(self, container_id: str, cmd: list[str], timeout: float) -> ExecResult:
+        rec = self.running(container_id)
         if not cmd:
             raise InvalidArgument("ExecSyncRequest.cmd is required")
         process = dict(self.spec(rec).get("process") or {})

@@ -27,6 +27,8 @@ import time
 from dataclasses import dataclass
 from typing import Any, Mapping
 
+from runtime.monitor import start_time
+
 from . import netns as netns_mod
 from .errors import HostError, InvalidArgument
 from .podfiles import PodFiles
@@ -135,7 +137,7 @@ class PidInit:
         return cls(int(d["holder"]), int(d["pid"]), int(d["start"])) if d else None
 
     def alive(self) -> bool:
-        return _start_time(self.pid) == self.start
+        return start_time(self.pid) == self.start
 
 
 class PodEnvironment:
@@ -200,7 +202,7 @@ class PodEnvironment:
         while time.monotonic() < deadline:
             child = _first_child(proc.pid)
             if child and _pid_ns(child) != _pid_ns(os.getpid()):
-                init = PidInit(proc.pid, child, _start_time(child))
+                init = PidInit(proc.pid, child, start_time(child))
                 with open(os.path.join(files.directory, "pid-init"), "w") as f:
                     f.write(f"{proc.pid} {child}\n")
                 return init
@@ -264,14 +266,3 @@ def _pid_ns(pid: int) -> int:
         return os.stat(f"/proc/{pid}/ns/pid").st_ino
     except OSError:
         return 0
-
-
-def _start_time(pid: int) -> int:
-    """Field 22 of /proc/<pid>/stat (clock ticks since boot); 0 when it is gone."""
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            text = f.read()
-    except OSError:
-        return 0
-    fields = text[text.rfind(")") + 2:].split()
-    return int(fields[19]) if len(fields) > 19 else 0

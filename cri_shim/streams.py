@@ -27,7 +27,6 @@ from streaming.server import AttachRequest, ExecRequest, PortForwardRequest, Str
 
 from . import netns
 from .containers import ContainerManager
-from .containerstore import RUNNING
 from .errors import FailedPrecondition, InvalidArgument, ResourceExhausted
 from .manager import SandboxManager
 from .store import READY
@@ -45,12 +44,9 @@ class ShimStreamRuntime:
 
     def _running(self, container_id: str) -> Any:
         try:
-            rec = self.containers.get(container_id)
-        except Exception as exc:
+            return self.containers.running(container_id)
+        except Exception as exc:   # gone or stopped since the URL was handed out
             raise StreamingError(str(exc)) from exc
-        if rec.state != RUNNING:
-            raise StreamingError(f'container "{rec.id}" is not running (state {rec.state})')
-        return rec
 
     def exec(self, container_id: str, cmd: list[str], io: StreamIO) -> None:
         rec = self._running(container_id)
@@ -101,12 +97,12 @@ class Streams:
         self._check_io(container_id, stdin, stdout, stderr, tty, "or")
         if not cmd:
             raise InvalidArgument("missing required cmd")
-        rec = self._running(container_id)
+        rec = self.containers.running(container_id)
         return self._url(self.server.get_exec, ExecRequest(rec.id, tuple(cmd), stdin, stdout, stderr, tty))
 
     def attach(self, container_id: str, stdin: bool, stdout: bool, stderr: bool, tty: bool) -> str:
         self._check_io(container_id, stdin, stdout, stderr, tty, "and")
-        rec = self._running(container_id)
+        rec = self.containers.running(container_id)
         return self._url(self.server.get_attach, AttachRequest(rec.id, stdin, stdout, stderr, tty))
 
     def port_forward(self, sandbox_id: str, ports: list[int]) -> str:
@@ -130,11 +126,6 @@ class Streams:
         if not (stdin or stdout or stderr):
             raise InvalidArgument(f"one of stdin, stdout, {word} stderr must be set")
 
-    def _running(self, container_id: str) -> Any:
-        rec = self.containers.get(container_id)
-        if rec.state != RUNNING:
-            raise FailedPrecondition(f'container "{rec.id}" is not running (state {rec.state})')
-        return rec
 
     @staticmethod
     def _url(get: Any, request: Any) -> str:

@@ -40,12 +40,11 @@ def exec_stream(runtime: OCIRuntime, container_id: str, process: dict[str, Any],
         spec, pid_file, log_file = (os.path.join(tmp, n) for n in ("process.json", "pid", "runc.log"))
         with open(spec, "w") as f:
             json.dump(dict(process, terminal=bool(io.tty)), f)
-        argv = [runtime.binary, *runtime.global_args(), "--log", log_file, "exec",
-                "--process", spec, "--pid-file", pid_file]
+        argv = runtime.exec_command(container_id, spec, pid_file=pid_file, log_file=log_file)
         if io.tty:
-            code = _with_tty(argv, container_id, pid_file, io)
+            code = _with_tty(argv, pid_file, io)
         else:
-            code = _with_pipes(argv + [container_id], pid_file, io)
+            code = _with_pipes(argv, pid_file, io)
         if code != 0:
             failure = _runc_failure(log_file)
             if failure:
@@ -82,14 +81,14 @@ def _own(f: Any) -> int:
     return fd
 
 
-def _with_tty(argv: list[str], container_id: str, pid_file: str, io: Any) -> int:
+def _with_tty(argv: list[str], pid_file: str, io: Any) -> int:
     # runc takes a console socket only when it detaches, and then the command is not
     # its child to wait for; without one, runc makes the command's pty itself and
     # joins it to its own stdio, which, being a pty of ours, runc sets raw and reads
     # the terminal size from on SIGWINCH.
     master, slave = os.openpty()
     try:
-        proc = subprocess.Popen(argv + [container_id], stdin=slave, stdout=slave, stderr=slave,
+        proc = subprocess.Popen(argv, stdin=slave, stdout=slave, stderr=slave,
                                 close_fds=True, start_new_session=True)
     except OSError as exc:
         os.close(master)

@@ -166,9 +166,11 @@ class OCIRuntime:
 
     def exec_command(self, container_id: str, process_file: str, *, tty: bool = False,
                      console_socket: str = "", detach: bool = False,
-                     pid_file: str = "") -> list[str]:
-        """The argv of ``exec --process FILE`` (the caller runs it with its own stdio)."""
-        argv = [self.binary, *self.global_args(), "exec", "--process", process_file]
+                     pid_file: str = "", log_file: str = "") -> list[str]:
+        """The argv of ``exec --process FILE`` (the caller runs it with its own stdio);
+        with *log_file*, the runtime's own log goes there instead of its stderr."""
+        argv = [self.binary, *self.global_args(), *(["--log", log_file] if log_file else []),
+                "exec", "--process", process_file]
         if tty:
             argv += ["--tty", "--console-socket", console_socket]
         if detach:

@@ -105,7 +105,7 @@ def _client_to_pod(data: Any, conn: socket.socket) -> None:
         pass
     # The pod's side is gone: what the client still sends is dropped, not left to
     # fill the stream (which would stall the whole connection).
-    _stop_reading(data)
+    data.stop_reading()
 
 
 def _gone(stream: Any) -> bool:
@@ -114,12 +114,6 @@ def _gone(stream: Any) -> bool:
         return True
     done = getattr(conn, "done", None)
     return bool(done is not None and done.is_set())
-
-
-def _stop_reading(stream: Any) -> None:
-    stop = getattr(stream, "stop_reading", None) or getattr(stream, "close", None)
-    if stop is not None:
-        stop()
 
 
 class SpdyPortForward:

@@ -157,9 +157,8 @@ def run_session(ch: Channels, tty: bool, call: Callable[[StreamIO], None], what:
         if out is not None:
             _quietly(out.close)
     for unread in (ch.stdin, ch.resize):   # the command is done with them
-        stop = getattr(unread, "stop_reading", None)
-        if stop is not None:
-            stop()
+        if unread is not None:
+            unread.stop_reading()
     log.debug("remotecommand: %s ended: %s", what, result)
     payload = ch.status(result)
     if payload:
