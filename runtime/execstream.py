@@ -56,7 +56,7 @@ def _with_pipes(argv: list[str], pid_file: str, io: Any) -> int:
     try:
         proc = subprocess.Popen(argv, stdin=subprocess.PIPE if io.stdin else subprocess.DEVNULL,
                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, close_fds=True,
-                                start_new_session=True)
+                                process_group=0)
     except OSError as exc:
         raise RuntimeFailed("exec", f"cannot run {argv[0]}: {exc.strerror}") from exc
     assert proc.stdout is not None and proc.stderr is not None
@@ -89,7 +89,7 @@ def _with_tty(argv: list[str], pid_file: str, io: Any) -> int:
     master, slave = os.openpty()
     try:
         proc = subprocess.Popen(argv, stdin=slave, stdout=slave, stderr=slave,
-                                close_fds=True, start_new_session=True)
+                                close_fds=True, process_group=0)
     except OSError as exc:
         os.close(master)
         raise RuntimeFailed("exec", f"cannot run {argv[0]}: {exc.strerror}") from exc

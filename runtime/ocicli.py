@@ -149,7 +149,7 @@ class OCIRuntime:
             try:
                 proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                                         stderr=subprocess.PIPE, close_fds=True,
-                                        start_new_session=True)
+                                        process_group=0)
             except OSError as exc:
                 raise RuntimeFailed(f"exec in container {container_id}",
                                     f"cannot run {self.binary}: {exc.strerror}") from exc
