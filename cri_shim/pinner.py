@@ -28,6 +28,7 @@ import errno
 import fcntl
 import os
 import re
+import select
 import socket
 import struct
 import subprocess
@@ -42,6 +43,7 @@ CLONE_NEWUTS = 0x04000000
 KINDS = {"net": CLONE_NEWNET, "ipc": CLONE_NEWIPC, "uts": CLONE_NEWUTS}
 MS_BIND = 4096
 MNT_DETACH = 2
+REQUEST_TIMEOUT = 10.0   # seconds; a request takes ~0.1 ms, a wedged helper is killed
 SIOCGIFFLAGS, SIOCSIFFLAGS, IFF_UP = 0x8913, 0x8914, 0x1
 
 
@@ -163,7 +165,10 @@ def _socket(libc: ctypes.CDLL, path: str, family: str, home: tuple[int, int],
 
 
 class Pinner:
-    """Client of the helper; thread-safe (requests are serialised: each takes ~0.1 ms)."""
+    """Client of the helper; thread-safe (requests are serialised: each takes ~0.1 ms).
+    A helper that does not answer within ``REQUEST_TIMEOUT`` is killed, what it may
+    have half done is undone and the request fails with ETIMEDOUT, so one wedged
+    request cannot hold every pin and every port-forward connect behind the lock."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
@@ -183,6 +188,7 @@ class Pinner:
                                     pass_fds=(theirs.fileno(),))
         finally:
             theirs.close()
+            ours.settimeout(REQUEST_TIMEOUT)
             self._channel = ours
 
     def start(self) -> None:
@@ -219,18 +225,23 @@ class Pinner:
                 if self._proc is None or self._proc.poll() is not None:
                     self._proc = self._start()
                 assert self._proc.stdin is not None and self._proc.stdout is not None
+                answered = True
                 try:
                     self._proc.stdin.write(line + "\n")
                     self._proc.stdin.flush()
-                    reply = self._proc.stdout.readline()
-                except (BrokenPipeError, OSError):
+                    # One reply line per request, so nothing is ever left in the
+                    # reader's buffer: the pipe itself tells whether it came.
+                    answered = bool(select.select([self._proc.stdout], [], [], REQUEST_TIMEOUT)[0])
+                    reply = self._proc.stdout.readline() if answered else ""
+                except (BrokenPipeError, OSError, ValueError):
                     reply = ""
+                if not answered:   # wedged: not asked again, it may wedge again
+                    self._replace(undo)
+                    raise OSError(errno.ETIMEDOUT, "the namespace pinner helper did not answer "
+                                  f"{line.split(' ', 1)[0]} in {REQUEST_TIMEOUT:g} s")
                 if reply:
                     break
-                self._proc.kill()   # died mid-request: once more with a fresh helper,
-                self._proc.wait()   # after undoing whatever half of it was done
-                self._proc = None
-                undo()
+                self._replace(undo)   # died mid-request: once more with a fresh helper
             else:
                 raise OSError(errno.EIO, "the namespace pinner helper keeps dying")
             if reply.startswith("OK"):
@@ -238,6 +249,15 @@ class Pinner:
                 return then(self._channel) if then is not None else None
         _, code, message = (reply.rstrip("\n").split(" ", 2) + ["", ""])[:3]
         raise OSError(int(code) if code.isdigit() else errno.EIO, message)
+
+    def _replace(self, undo: Callable[[], None]) -> None:
+        """Kill the helper (the next request starts a fresh one) and undo whatever
+        half of its last request was done. Called under the lock."""
+        assert self._proc is not None
+        self._proc.kill()
+        self._proc.wait()
+        self._proc = None
+        undo()
 
     def sysctl(self, kind: str, path: str, key: str, value: str) -> None:
         """Write sysctl *key* (``/``-separated, as under /proc/sys) in the namespace
