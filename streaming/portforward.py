@@ -8,11 +8,17 @@ on the error stream as kubelet words it. The session lasts until the client clos
 WebSocket (``v4.channel.k8s.io``, ``v4.base64.channel.k8s.io`` or none): the ports are
 the ``port`` query parameters, two channels each (data, error), and the server first
 writes the port, 2 bytes little-endian, on both.
+
+The end of a forwarded connection, as containerd's: when the pod closes, the client's
+stream ends at once; when the client finishes sending, the pod gets the half-close
+and ``HALF_CLOSE_GRACE`` seconds to finish its answer, then both sides are closed (a
+pod that never closes cannot hold the connection forever).
 """
 
 from __future__ import annotations
 
 import logging
+import select
 import socket
 import threading
 import time
@@ -25,6 +31,7 @@ __all__ = ["PROTOCOL", "SpdyPortForward", "parse_ports", "forward", "PortError"]
 log = logging.getLogger(__name__)
 
 PROTOCOL = "portforward.k8s.io"
+HALF_CLOSE_GRACE = 1.0   # seconds, containerd's (after socat's default)
 
 
 class PortError(ValueError):
@@ -71,19 +78,16 @@ def forward(runtime: Runtime, sandbox_id: str, port: int, data: Any, error: Any)
             pass
         return False
     with conn:
-        up = threading.Thread(target=_client_to_pod, args=(data, conn), daemon=True,
+        client_done = threading.Event()
+        up = threading.Thread(target=_client_to_pod, args=(data, conn, client_done), daemon=True,
                               name=f"portforward-{port}")
         up.start()
         try:
-            while True:
-                chunk = conn.recv(128 << 10)
-                if not chunk:
-                    break
-                data.write(chunk)
+            _pod_to_client(conn, data, client_done)
         except OSError:
             pass
-        # The pod's side is done: the client gets the end of data (and error) from
-        # the caller; what it still sends is dropped with the socket.
+        # The pod's side is done (or its grace is over): the client gets the end of
+        # data (and error) from the caller; what it still sends is dropped.
         try:
             conn.shutdown(socket.SHUT_RDWR)
         except OSError:
@@ -91,7 +95,26 @@ def forward(runtime: Runtime, sandbox_id: str, port: int, data: Any, error: Any)
     return True
 
 
-def _client_to_pod(data: Any, conn: socket.socket) -> None:
+def _pod_to_client(conn: socket.socket, data: Any, client_done: threading.Event) -> None:
+    poller = select.poll()
+    poller.register(conn.fileno(), select.POLLIN)
+    deadline = None
+    while True:
+        if deadline is None and client_done.is_set():
+            deadline = time.monotonic() + HALF_CLOSE_GRACE
+        wait = 1.0 if deadline is None else max(0.0, deadline - time.monotonic())
+        if not poller.poll(wait * 1000):
+            if deadline is not None and time.monotonic() >= deadline:
+                log.debug("portforward: the pod did not close %.0f s after the client", HALF_CLOSE_GRACE)
+                return
+            continue
+        chunk = conn.recv(128 << 10)
+        if not chunk:
+            return
+        data.write(chunk)
+
+
+def _client_to_pod(data: Any, conn: socket.socket, done: threading.Event) -> None:
     try:
         while True:
             chunk = data.read(1 << 20)
@@ -99,6 +122,7 @@ def _client_to_pod(data: Any, conn: socket.socket) -> None:
                 # The client is done sending: say so; if it is gone altogether (a
                 # reset, the connection's end), end the pod's side too.
                 conn.shutdown(socket.SHUT_RDWR if _gone(data) else socket.SHUT_WR)
+                done.set()
                 return
             conn.sendall(chunk)
     except OSError:

@@ -75,11 +75,30 @@ def echo_server() -> Iterator[socket.socket]:
     srv.close()
 
 
+SILENT_PODS: list[tuple[socket.socket, threading.Event]] = []
+
+
+def _silent_pod() -> socket.socket:
+    """A pod that reads to EOF and then neither answers nor closes."""
+    a, b = socket.socketpair()
+    eof = threading.Event()
+
+    def read() -> None:
+        while b.recv(65536):
+            pass
+        eof.set()
+    threading.Thread(target=read, daemon=True).start()
+    SILENT_PODS.append((b, eof))
+    return a
+
+
 @pytest.fixture
 def runtime(echo_server: socket.socket) -> FakeRuntime:
     port = echo_server.getsockname()[1]
 
     def pf(p: int) -> socket.socket:
+        if p == 83:
+            return _silent_pod()
         if p == 82:   # a pod that answers at once and closes, reading nothing
             a, b = socket.socketpair()
             b.sendall(b"bye")
@@ -370,6 +389,23 @@ def test_spdy_port_forward_pod_closes_while_client_sends(server: StreamServer) -
     data = c.open(streamType="data", port="80", requestID="1")
     c.write(data, b"again", fin=True)
     assert c.read_all(data) == b"pong:again"
+    c.close()
+
+
+def test_spdy_port_forward_pod_silent_after_half_close(server: StreamServer) -> None:
+    """As containerd: the client's half-close goes on to the pod, which then has a
+    second to finish; after that both sides are closed."""
+    c = SpdyClient(server.get_port_forward(PortForwardRequest("pod1")), ("portforward.k8s.io",))
+    err = c.open(streamType="error", port="83", requestID="0")
+    c.write(err, b"", fin=True)
+    data = c.open(streamType="data", port="83", requestID="0")
+    c.write(data, b"request", fin=True)
+    t = time.monotonic()
+    assert c.read_all(data, timeout=10) == b""
+    assert 0.8 < time.monotonic() - t < 5
+    pod, eof = SILENT_PODS[-1]
+    assert eof.is_set()                       # the pod saw the client's end
+    assert pod.recv(10) == b""                # and then its connection was closed
     c.close()
 
 
