@@ -142,14 +142,17 @@ def _gone(stream: Any) -> bool:
 
 class SpdyPortForward:
     """The streams of one SPDY port-forward session: :meth:`accept` is the
-    connection's stream callback (it runs on the connection's reader)."""
+    connection's stream callback (it runs on the connection's reader). A pair whose
+    second stream does not come within *creation_timeout* is ended by one expiry
+    thread per session (running only while pairs wait), not a thread per pair."""
 
     def __init__(self, runtime: Runtime, sandbox_id: str, creation_timeout: float,
                  spawn: Callable[..., Any] | None = None) -> None:
         self.runtime, self.sandbox_id = runtime, sandbox_id
         self.creation_timeout = creation_timeout
-        self._pairs: dict[str, dict[str, Any]] = {}
-        self._lock = threading.Lock()
+        self._pairs: dict[str, dict[str, Any]] = {}   # in creation order: oldest first
+        self._lock = threading.Condition()
+        self._expiring = False
         self._spawn = spawn or (lambda fn, *a: threading.Thread(target=fn, args=a, daemon=True).start())
 
     def accept(self, stream: Any) -> bool:
@@ -169,11 +172,12 @@ class SpdyPortForward:
         request = stream.header("requestid")
         if not request:   # clients before requestID: the data stream follows its error stream
             request = str(stream.id - 2) if kind == "data" else str(stream.id)
+        start_expiry = False
         with self._lock:
             pair = self._pairs.get(request)
-            created = pair is None
-            if created:
+            if pair is None:
                 pair = self._pairs[request] = {"started": time.monotonic()}
+                start_expiry, self._expiring = not self._expiring, True
             if kind in pair:
                 stream.stop_reading()
                 message = (f"error processing stream for request {request}: "
@@ -187,25 +191,32 @@ class SpdyPortForward:
             complete = "data" in pair and "error" in pair
             if complete:
                 del self._pairs[request]
-        if created:
-            self._spawn(self._monitor, request, pair)
+        if start_expiry:
+            self._spawn(self._expire)
         if complete:
             self._spawn(self._run, pair)
         return True
 
-    def _monitor(self, request: str, pair: dict[str, Any]) -> None:
-        time.sleep(self.creation_timeout)
-        with self._lock:
-            if self._pairs.get(request) is not pair:
-                return
-            del self._pairs[request]
-        message = f"(conn={id(self):#x}, request={request}) timed out waiting for streams"
-        log.info("portforward: %s", message)
-        for kind in ("error", "data"):
-            if kind in pair:
-                if kind == "error":
-                    _write_quietly(pair[kind], message)
-                pair[kind].reset()
+    def _expire(self) -> None:
+        """End the pairs that waited too long, oldest first, until none waits."""
+        while True:
+            with self._lock:
+                if not self._pairs:
+                    self._expiring = False
+                    return
+                request, pair = next(iter(self._pairs.items()))
+                wait = pair["started"] + self.creation_timeout - time.monotonic()
+                if wait > 0:
+                    self._lock.wait(wait)
+                    continue
+                del self._pairs[request]
+            message = f"(conn={id(self):#x}, request={request}) timed out waiting for streams"
+            log.info("portforward: %s", message)
+            for kind in ("error", "data"):
+                if kind in pair:
+                    if kind == "error":
+                        _write_quietly(pair[kind], message)
+                    pair[kind].reset()
 
     def _run(self, pair: dict[str, Any]) -> None:
         data, error = pair["data"], pair["error"]

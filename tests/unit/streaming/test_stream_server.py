@@ -409,6 +409,27 @@ def test_spdy_port_forward_pod_silent_after_half_close(server: StreamServer) -> 
     c.close()
 
 
+def test_spdy_port_forward_unpaired_streams_time_out_on_one_thread(server: StreamServer) -> None:
+    c = SpdyClient(server.get_port_forward(PortForwardRequest("pod1")), ("portforward.k8s.io",))
+    time.sleep(0.2)
+    before = threading.active_count()
+    errs = [c.open(streamType="error", port="80", requestID=str(i)) for i in range(20)]
+    assert threading.active_count() - before <= 2       # one expiry thread, not one per pair
+    t = time.monotonic()
+    for sid in errs:
+        assert c.read_all(sid, timeout=10).endswith(f"request={errs.index(sid)}) timed out "
+                                                    "waiting for streams".encode())
+        assert c.resets.get(sid) == spdy.CANCEL
+    assert 1.5 < time.monotonic() - t < 6                 # the creation timeout is 2 s
+    assert _threads_settle(before) <= before              # the expiry thread is gone too
+    err = c.open(streamType="error", port="80", requestID="x")   # the session still serves
+    c.write(err, b"", fin=True)
+    data = c.open(streamType="data", port="80", requestID="x")
+    c.write(data, b"late", fin=True)
+    assert c.read_all(data) == b"pong:late"
+    c.close()
+
+
 def test_spdy_port_forward_nothing_listening(server: StreamServer) -> None:
     c = SpdyClient(server.get_port_forward(PortForwardRequest("pod1")), ("portforward.k8s.io",))
     err = c.open(streamType="error", port="81", requestID="0")
