@@ -31,7 +31,8 @@ __all__ = ["StreamConfig", "ExecRequest", "AttachRequest", "PortForwardRequest",
 log = logging.getLogger(__name__)
 
 MAX_HEAD = 64 << 10
-HEAD_TIMEOUT = 30.0
+HEAD_TIMEOUT = 30.0   # seconds for the whole request head (and the TLS handshake)
+MAX_UNCHECKED = 64    # connections at once whose token is not yet checked; more are closed
 LINGER = 2.0          # seconds to wait for the client to close after our goodbye
 TUNNEL = "SPDY/3.1+portforward.k8s.io"   # client-go's SPDY-over-WebSocket port forward
 
@@ -97,6 +98,7 @@ class StreamServer:
         self._closing = threading.Event()
         self._conns: set[socket.socket] = set()
         self._lock = threading.Lock()
+        self._unchecked = threading.BoundedSemaphore(MAX_UNCHECKED)
 
     # -- lifecycle --------------------------------------------------------------------
 
@@ -162,15 +164,27 @@ class StreamServer:
     def _connection(self, conn: socket.socket) -> None:
         with self._lock:
             self._conns.add(conn)
+        unchecked = self._unchecked.acquire(blocking=False)
         try:
-            conn.settimeout(HEAD_TIMEOUT)
-            if self.tls_context is not None:
-                raw = conn
-                conn = self.tls_context.wrap_socket(conn, server_side=True)
-                with self._lock:
-                    self._conns.discard(raw)
-                    self._conns.add(conn)
-            head = _read_head(conn)
+            if not unchecked:
+                # Anyone who can reach the port gets this far: the ones that have not
+                # shown a token yet are held to MAX_UNCHECKED at once.
+                log.info("streaming: %d connections without a request yet, closing one", MAX_UNCHECKED)
+                return
+            try:
+                # The TLS handshake, when there is TLS, and the request head within
+                # HEAD_TIMEOUT together.
+                deadline = time.monotonic() + HEAD_TIMEOUT
+                conn.settimeout(HEAD_TIMEOUT)
+                if self.tls_context is not None:
+                    raw = conn
+                    conn = self.tls_context.wrap_socket(conn, server_side=True)
+                    with self._lock:
+                        self._conns.discard(raw)
+                        self._conns.add(conn)
+                head = _read_head(conn, deadline)
+            finally:
+                self._unchecked.release()
             if head is not None:
                 self._route(conn, head)
         except (OSError, ssl.SSLError, h11.RemoteProtocolError) as exc:
@@ -253,7 +267,7 @@ class StreamServer:
         binary, text = wsstream.ChannelConfig(True, modes), wsstream.ChannelConfig(False, modes)
         offers = {"": binary, wsstream.V1: binary, wsstream.V1_BASE64: text, wsstream.V4: binary,
                   wsstream.V4_BASE64: text, wsstream.V5: binary}
-        ws, protocol, config = wsstream.handshake(conn, head.raw, offers, self.config.idle_timeout)
+        ws, protocol, config = wsstream.handshake(conn, head.raw, offers, self.config.idle_timeout, head.rest)
         if ws is None:
             return
         channels = wsstream.ChannelConn(ws, config)
@@ -294,7 +308,7 @@ class StreamServer:
             offers = {"": wsstream.ChannelConfig(True, modes),
                       wsstream.V4: wsstream.ChannelConfig(True, modes),
                       wsstream.V4_BASE64: wsstream.ChannelConfig(False, modes)}
-        ws, protocol, config = wsstream.handshake(conn, head.raw, offers, self.config.idle_timeout)
+        ws, protocol, config = wsstream.handshake(conn, head.raw, offers, self.config.idle_timeout, head.rest)
         if ws is None:
             return
         if protocol == TUNNEL:
@@ -329,9 +343,15 @@ class StreamServer:
 
 # -- HTTP ---------------------------------------------------------------------------------
 
-def _read_head(conn: socket.socket) -> _Head | None:
+def _read_head(conn: socket.socket, deadline: float) -> _Head | None:
+    """The request head, read by *deadline* (``time.monotonic()``): a client that
+    sends a byte now and then cannot hold a connection open."""
     buf = b""
     while b"\r\n\r\n" not in buf:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            raise TimeoutError(f"no request head in {HEAD_TIMEOUT:g} s")
+        conn.settimeout(left)
         chunk = conn.recv(4096)
         if not chunk:
             return None

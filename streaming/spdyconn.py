@@ -11,7 +11,9 @@ else the session (GOAWAY, close).
 Threads: :meth:`Connection.serve` is the one reader (the caller's thread); writers are
 any threads, serialised by the connection's write lock (one zlib context). A stream
 keeps at most ``STREAM_BUFFER`` bytes the consumer has not read; beyond that the
-reader waits, so a huge paste is held back by TCP, not by memory.
+reader waits, so a huge paste is held back by TCP, not by memory; a session has at
+most ``MAX_STREAMS`` open streams, beyond that a new one is refused (RST_STREAM
+REFUSED_STREAM), so one client cannot make the server hold more.
 """
 
 from __future__ import annotations
@@ -25,11 +27,12 @@ from typing import Protocol
 
 from . import spdy
 
-__all__ = ["Transport", "Stream", "Connection", "StreamClosed", "STREAM_BUFFER"]
+__all__ = ["Transport", "Stream", "Connection", "StreamClosed", "STREAM_BUFFER", "MAX_STREAMS"]
 
 log = logging.getLogger(__name__)
 
 STREAM_BUFFER = 1 << 20
+MAX_STREAMS = 256   # open streams per session (128 forwarded connections); more are refused
 REPLY_WAIT = 10.0   # seconds a writer waits for the stream's SYN_REPLY to be sent
 
 
@@ -254,7 +257,15 @@ class Connection:
         self._last_id = sid
         stream = Stream(self, sid, frame.headers)
         with self._lock:
-            self._streams[sid] = stream
+            full = len(self._streams) >= MAX_STREAMS
+            if not full:
+                self._streams[sid] = stream
+        if full:
+            # Each open stream may hold STREAM_BUFFER bytes: a client cannot make
+            # the server hold more than MAX_STREAMS of them.
+            log.info("spdy: %d streams open, refusing stream %d", MAX_STREAMS, sid)
+            self._rst(sid, spdy.REFUSED_STREAM)
+            return
         if frame.fin:
             stream._deliver(b"", True)
         try:

@@ -167,8 +167,9 @@ class WebSocket:
 
 
 def handshake(sock: socket.socket, head: bytes, offers: dict[str, Any],
-              idle_timeout: float = 0) -> tuple[WebSocket | None, str, Any]:
-    """Answer the upgrade request *head* (the raw request bytes read so far): pick the
+              idle_timeout: float = 0, rest: bytes = b"") -> tuple[WebSocket | None, str, Any]:
+    """Answer the upgrade request *head* (the raw request head; *rest*, what came
+    after it in the same reads, is the first of the WebSocket's frames): pick the
     first subprotocol the client lists that is in *offers* ("" when it lists none and
     "" is offered), as x/net/websocket's handshake does; 403 when none fits. Returns
     the socket, the protocol and its offer, or (None, "", None) after a refusal."""
@@ -190,7 +191,7 @@ def handshake(sock: socket.socket, head: bytes, offers: dict[str, Any],
         sock.sendall(ws.send(RejectConnection(status_code=403)))
         return None, "", None
     sock.sendall(ws.send(AcceptConnection(subprotocol=chosen or None)))
-    return WebSocket(sock, ws, chosen, idle_timeout=idle_timeout), chosen, offers[chosen]
+    return WebSocket(sock, ws, chosen, rest, idle_timeout=idle_timeout), chosen, offers[chosen]
 
 
 class Channel:

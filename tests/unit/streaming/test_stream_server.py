@@ -340,6 +340,84 @@ def test_websocket_v5_with_close_signal(server: StreamServer) -> None:
     assert ws.close_code == 1000
 
 
+def _masked_frame(payload: bytes) -> bytes:
+    """A client's binary WebSocket frame (RFC 6455 5.2), masked with 0x01020304."""
+    mask = bytes([1, 2, 3, 4])
+    return bytes([0x82, 0x80 | len(payload)]) + mask + bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
+
+
+def test_websocket_frames_in_the_same_packet_as_the_head(server: StreamServer) -> None:
+    """What a client sends right behind its upgrade request is not lost."""
+    from urllib.parse import urlsplit
+    from wsproto import ConnectionType, WSConnection
+    from wsproto.events import AcceptConnection, CloseConnection, Request
+    u = urlsplit(server.get_exec(ExecRequest("c1", ("cat",), stdin=True, stdout=True)))
+    ws = WSConnection(ConnectionType.CLIENT)
+    sock = socket.create_connection((u.hostname, u.port), timeout=10)
+    sock.sendall(ws.send(Request(host=u.netloc, target=u.path, subprotocols=["v5.channel.k8s.io"]))
+                 + _masked_frame(b"\x00early\n") + _masked_frame(b"\xff\x00"))
+    got, accepted, closed = b"", False, False
+    while not closed:
+        data = sock.recv(65536)
+        if not data:
+            break
+        ws.receive_data(data)
+        for event in ws.events():
+            if isinstance(event, AcceptConnection):
+                accepted = True
+            elif isinstance(event, BytesMessage) and event.data[:1] == b"\x01":
+                got += event.data[1:]
+            elif isinstance(event, CloseConnection):
+                closed = True
+    sock.close()
+    assert accepted and got == b"early\n" and closed
+
+
+def test_connections_without_a_request_are_capped(runtime: FakeRuntime, monkeypatch) -> None:
+    from streaming import server as srv
+    monkeypatch.setattr(srv, "MAX_UNCHECKED", 3)
+    s = StreamServer(runtime, StreamConfig())
+    s.start()
+    try:
+        host, port = s._sock.getsockname()[:2]
+        idle = [socket.create_connection((host, port), timeout=5) for _ in range(3)]
+        time.sleep(0.3)
+        extra = socket.create_connection((host, port), timeout=5)
+        assert extra.recv(10) == b""            # closed at once: three wait already
+        extra.close()
+        idle.pop().close()
+        time.sleep(0.3)
+        c = SpdyClient(s.get_exec(ExecRequest("c1", ("echo", "hi"), stdout=True)))
+        assert c.command(stderr=False)["stdout"] == b"hi\n"   # a place was free again
+        c.close()
+        for sock in idle:
+            sock.close()
+    finally:
+        s.stop()
+
+
+def test_a_request_head_has_one_deadline(runtime: FakeRuntime, monkeypatch) -> None:
+    """A client sending a byte now and then is cut at the head's deadline."""
+    from streaming import server as srv
+    monkeypatch.setattr(srv, "HEAD_TIMEOUT", 1.0)
+    s = StreamServer(runtime, StreamConfig())
+    s.start()
+    try:
+        sock = socket.create_connection(s._sock.getsockname()[:2], timeout=10)
+        t = time.monotonic()
+        try:
+            for ch in b"GET /exec/x HTTP/1.1\r\nHost: a\r\n":
+                sock.sendall(bytes([ch]))
+                time.sleep(0.2)
+        except OSError:
+            pass
+        assert sock.recv(10) == b""
+        assert time.monotonic() - t < 4
+        sock.close()
+    finally:
+        s.stop()
+
+
 @pytest.mark.parametrize("protocol,v4", [("v4.channel.k8s.io", True), ("v4.base64.channel.k8s.io", True),
                                          ("channel.k8s.io", False), ("base64.channel.k8s.io", False)])
 def test_websocket_protocols(server: StreamServer, protocol: str, v4: bool) -> None:
@@ -427,6 +505,20 @@ def test_spdy_port_forward_unpaired_streams_time_out_on_one_thread(server: Strea
     data = c.open(streamType="data", port="80", requestID="x")
     c.write(data, b"late", fin=True)
     assert c.read_all(data) == b"pong:late"
+    c.close()
+
+
+def test_spdy_streams_per_session_are_capped(server: StreamServer, monkeypatch) -> None:
+    from streaming import spdyconn
+    monkeypatch.setattr(spdyconn, "MAX_STREAMS", 4)
+    c = SpdyClient(server.get_port_forward(PortForwardRequest("pod1")), ("portforward.k8s.io",))
+    kept = [c.open(streamType="error", port="80", requestID=str(i)) for i in range(4)]
+    refused = c.open(streamType="error", port="80", requestID="4")
+    assert c.resets.get(refused) == spdy.REFUSED_STREAM
+    assert not any(sid in c.resets for sid in kept)
+    # the cap counts every open stream, a waiting pair's second one too
+    data = c.open(streamType="data", port="80", requestID="0")
+    assert c.resets.get(data) == spdy.REFUSED_STREAM
     c.close()
 
 
