@@ -200,7 +200,7 @@ def _runtime_code(err: runtime_errors.RuntimeDriverError) -> grpc.StatusCode:
         return grpc.StatusCode.NOT_FOUND
     if isinstance(err, runtime_errors.RuntimeTimeout):
         return grpc.StatusCode.DEADLINE_EXCEEDED
-    if isinstance(err, runtime_errors.RootfsError):
+    if isinstance(err, (runtime_errors.RootfsError, runtime_errors.AttachFailed)):
         return _errno_code(err.errno)
     # runc's own failure (a missing binary in the image, a bad mount): containerd
     # passes it on as a plain error.

@@ -17,15 +17,12 @@ import threading
 from typing import Any
 
 from .conmon import Conmon
+from .errors import AttachFailed
 
 __all__ = ["attach", "PIPE_STDOUT", "PIPE_STDERR", "AttachFailed"]
 
 PIPE_STDOUT, PIPE_STDERR = 2, 3
 PACKET = 8192 + 1
-
-
-class AttachFailed(OSError):
-    pass
 
 
 def attach(bundle: str, io: Any) -> None:
@@ -37,8 +34,8 @@ def attach(bundle: str, io: Any) -> None:
         try:
             sock.connect(f"/proc/self/fd/{dir_fd}/attach")
         except OSError as exc:
-            raise AttachFailed(exc.errno, f"cannot reach the container's attach socket in "
-                               f"{bundle}: {exc.strerror}") from exc
+            raise AttachFailed(f"cannot reach the container's attach socket in {bundle}",
+                               exc.errno) from exc
         finally:
             os.close(dir_fd)
         if io.stdin is not None:

@@ -7,6 +7,7 @@
     │                             its own message (what runc wrote) and the command
     ├── ContainerNotFound         the runtime has no such container
     ├── RootfsError               the container's overlay rootfs cannot be made or removed
+    ├── AttachFailed              conmon's attach socket of the container cannot be reached
     └── RuntimeTimeout            the runtime did not answer in time
 
 The CRI layer maps these to gRPC codes in ``cri_shim.errors``; nothing here knows gRPC.
@@ -17,7 +18,7 @@ from __future__ import annotations
 import os
 
 __all__ = ["RuntimeDriverError", "RuntimeFailed", "ContainerNotFound", "RootfsError",
-           "RuntimeTimeout"]
+           "AttachFailed", "RuntimeTimeout"]
 
 
 class RuntimeDriverError(Exception):
@@ -39,6 +40,15 @@ class ContainerNotFound(RuntimeDriverError):
 
 class RootfsError(RuntimeDriverError):
     """The overlay rootfs could not be mounted or unmounted; ``errno`` says why."""
+
+    def __init__(self, message: str, errno: int | None = None) -> None:
+        super().__init__(f"{message}: {os.strerror(errno)}" if errno else message)
+        self.errno = errno
+
+
+class AttachFailed(RuntimeDriverError):
+    """conmon's attach socket of the container cannot be reached (conmon is gone);
+    ``errno`` says why."""
 
     def __init__(self, message: str, errno: int | None = None) -> None:
         super().__init__(f"{message}: {os.strerror(errno)}" if errno else message)

@@ -33,3 +33,19 @@ def test_cni_error_text_survives_to_the_client() -> None:
     message = grpc_status(err)[1]
     for part in ('sandbox "abc"', "bridge", "ADD", "invalid config", "no bridge name"):
         assert part in message
+
+
+def test_attach_failure_is_a_runtime_error_named_by_its_errno(tmp_path) -> None:
+    """Attaching where conmon's socket is gone: the runtime tree's error (no
+    traceback in the log), with the bundle and the reason, coded by its errno."""
+    from runtime.attach import attach
+    from runtime.errors import AttachFailed, RuntimeDriverError
+    from streaming.runtime import StreamIO
+    with pytest.raises(AttachFailed) as exc:
+        attach(str(tmp_path), StreamIO())
+    assert isinstance(exc.value, RuntimeDriverError)
+    assert str(exc.value) == (f"cannot reach the container's attach socket in {tmp_path}: "
+                              "No such file or directory")
+    from cri_shim.errors import is_bug
+    assert not is_bug(exc.value)
+    assert grpc_status(exc.value) == (grpc.StatusCode.INTERNAL, str(exc.value))
