@@ -137,7 +137,14 @@ def _serve(args: argparse.Namespace) -> int:
         if cfg.cni.gc_on_start:
             manager.gc()
         streams = start_streaming(cfg, containers, manager)
-        serve(manager, image_service, cfg.address, stop, containers, streams)
+        from .metrics import Metrics
+        metrics = Metrics(cfg.metrics, sandbox_states=lambda: [r.state for r in manager.list()],
+                          container_states=lambda: [r.state for r in containers.list()])
+        metrics.start()
+        try:
+            serve(manager, image_service, cfg.address, stop, containers, streams)
+        finally:
+            metrics.stop()
     except SocketInUse as exc:
         print(f"cri-shim: {exc.strerror}", file=sys.stderr)
         return 1

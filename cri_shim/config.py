@@ -87,6 +87,13 @@ class ContainerSettings:
     catatonit: str = "catatonit"       # catatonit_path: PID 1 of PID mode POD pods
 
 
+@dataclass(frozen=True)
+class MetricsSettings:
+    """containerd's top-level ``[metrics]`` (served by ``cri_shim.metrics``)."""
+    address: str = ""            # "" is off; "127.0.0.1:1338" in containerd's examples
+    grpc_histogram: bool = True  # containerd's default is false; the histogram is wanted here
+
+
 @dataclass(frozen=True, kw_only=True)
 class Config:
     root: str = "/var/lib/cri-shim"
@@ -97,6 +104,7 @@ class Config:
     images: ImageSettings = field(default_factory=ImageSettings)
     containers: ContainerSettings = field(default_factory=ContainerSettings)
     streaming: StreamConfig = field(default_factory=StreamConfig)
+    metrics: MetricsSettings = field(default_factory=MetricsSettings)
     source: str = "<embedded default>"
 
     def replace(self, **changes: Any) -> "Config":
@@ -147,9 +155,23 @@ def parse(text: str, *, source: str) -> Config:
         images=_image_settings(reader, plugins, cri_table, cri_name),
         streaming=stream_config(source, reader.table(plugins, V2_CRI, where="plugins"),
                                 f'plugins."{V2_CRI}"'),
+        metrics=_metrics_settings(reader, reader.table(doc, "metrics")),
         source=source,
     )
     return cfg
+
+
+def _metrics_settings(reader: "_Reader", t: Mapping[str, Any]) -> MetricsSettings:
+    """containerd's top-level ``[metrics]``: ``address`` (host:port, "" for off) and
+    ``grpc_histogram``."""
+    address = reader.string(t, "address", "", where="metrics")
+    if address:
+        host, sep, port = address.rpartition(":")
+        if not sep or not port.isdigit() or not 0 <= int(port) <= 65535:
+            raise ConfigFileError(f"{reader.source}: metrics.address must be host:port "
+                                  f"(127.0.0.1:1338), not {address!r}")
+    return MetricsSettings(address=address,
+                           grpc_histogram=reader.boolean(t, "grpc_histogram", True, where="metrics"))
 
 
 def _image_settings(reader: "_Reader", plugins: Mapping[str, Any], cri_table: Mapping[str, Any],

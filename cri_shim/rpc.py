@@ -13,11 +13,23 @@ import grpc
 from .api import api_pb2 as pb
 from .errors import grpc_status, is_bug
 
-__all__ = ["RUNTIME_NAME", "rpc", "deadline", "answer_unimplemented"]
+__all__ = ["RUNTIME_NAME", "rpc", "deadline", "answer_unimplemented", "observers"]
 
 log = logging.getLogger("cri_shim.server")
 
 RUNTIME_NAME = "cri-shim"
+
+# Called after every call as fn(method, code, seconds), from the call's thread: the
+# metrics hang here; nothing in this module knows them.
+observers: list[Callable[[str, grpc.StatusCode, float], None]] = []
+
+
+def _observe(method: str, code: grpc.StatusCode, seconds: float) -> None:
+    for fn in observers:
+        try:
+            fn(method, code, seconds)
+        except Exception:
+            log.exception("rpc observer %r", fn)
 
 
 def rpc(method: Callable[..., Any]) -> Callable[..., Any]:
@@ -34,13 +46,15 @@ def rpc(method: Callable[..., Any]) -> Callable[..., Any]:
             code, message = grpc_status(exc)
             bug = is_bug(exc)   # only a bug earns a traceback
             level = logging.ERROR if bug or code == grpc.StatusCode.INTERNAL else logging.INFO
+            seconds = time.perf_counter() - start
             log.log(level, "cri %s sandbox=%s code=%s duration_ms=%.1f error=%s", name,
-                    sandbox[:12] or "-", code.name, (time.perf_counter() - start) * 1e3, message,
-                    exc_info=bug)
+                    sandbox[:12] or "-", code.name, seconds * 1e3, message, exc_info=bug)
+            _observe(name, code, seconds)
             context.abort(code, _fit_trailer(message))
+        seconds = time.perf_counter() - start
         log.info("cri %s sandbox=%s code=OK duration_ms=%.1f", name,
-                 (sandbox or getattr(reply, "pod_sandbox_id", ""))[:12] or "-",
-                 (time.perf_counter() - start) * 1e3)
+                 (sandbox or getattr(reply, "pod_sandbox_id", ""))[:12] or "-", seconds * 1e3)
+        _observe(name, grpc.StatusCode.OK, seconds)
         return reply
 
     return wrapper
@@ -81,6 +95,7 @@ def answer_unimplemented(servicer: type, service: str) -> None:
 def _not_implemented(service: str, method: str) -> Callable[..., Any]:
     def handler(self: Any, request: Any, context: grpc.ServicerContext) -> Any:
         log.info("cri %s code=UNIMPLEMENTED", method)
+        _observe(method, grpc.StatusCode.UNIMPLEMENTED, 0.0)
         context.abort(grpc.StatusCode.UNIMPLEMENTED,
                       f"/{service}/{method} is not implemented by {RUNTIME_NAME}")
     handler.__name__ = method

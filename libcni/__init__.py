@@ -32,7 +32,8 @@ from .api import CNIConfig, GCAttachment, RuntimeConf, validate_attachment
 from .cache import CACHE_KIND, CacheEntry, ResultCache
 from .conf import (CONF_EXTENSIONS, ConfDirLoad, NetworkConfigList, PluginConf, SkippedFile,
                    conf_from_bytes, conflist_from_bytes, conflist_from_file, load_conf_dir)
-from .plugins import PluginInfo, decode_output, exec_plugin, get_version_info
+from .plugins import (PluginExec, PluginInfo, add_observer, decode_output, exec_plugin,
+                      get_version_info, remove_observer)
 
 logging.getLogger(__name__).addHandler(logging.NullHandler())
 
@@ -45,7 +46,8 @@ __all__ = [
     "CONF_EXTENSIONS", "ConfDirLoad", "NetworkConfigList", "PluginConf", "SkippedFile",
     "conf_from_bytes", "conflist_from_bytes", "conflist_from_file", "load_conf_dir",
     # plugins
-    "PluginInfo", "exec_plugin", "decode_output", "get_version_info",
+    "PluginInfo", "exec_plugin", "decode_output", "get_version_info", "PluginExec",
+    "add_observer", "remove_observer",
     # cni.errors
     "ERR_UNKNOWN", "ERR_INCOMPATIBLE_VERSION", "ERR_UNSUPPORTED_FIELD",
     "ERR_UNKNOWN_CONTAINER", "ERR_INVALID_ENV", "ERR_IO_FAILURE", "ERR_DECODING_FAILURE",

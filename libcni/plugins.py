@@ -22,9 +22,35 @@ from cni.invoke import Exec, ExecOutput, build_env, raise_for_failure
 from cni.result import Result, result_from_output
 from cni.version import CURRENT_VERSION
 
-__all__ = ["exec_plugin", "decode_output", "PluginInfo", "get_version_info"]
+__all__ = ["exec_plugin", "decode_output", "PluginInfo", "get_version_info", "PluginExec",
+           "add_observer", "remove_observer"]
 
 log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class PluginExec:
+    """One plugin exec as it happened, for whoever observes them (metrics, traces)."""
+
+    plugin: str
+    command: str
+    container_id: str
+    ifname: str
+    duration: float      # seconds
+    outcome: str         # "ok", "timeout" or "error code=N"
+
+
+_observers: list[Callable[[PluginExec], None]] = []
+
+
+def add_observer(fn: Callable[[PluginExec], None]) -> None:
+    """Call *fn* after every plugin exec (from the exec's thread; it must be quick)."""
+    _observers.append(fn)
+
+
+def remove_observer(fn: Callable[[PluginExec], None]) -> None:
+    if fn in _observers:
+        _observers.remove(fn)
 
 T = TypeVar("T")
 
@@ -76,9 +102,18 @@ def _logged_run(exec_: Exec, plugin: str, plugin_path: str, command: str, stdin:
         outcome = f"error code={exc.code}"
         raise
     finally:
+        duration = time.monotonic() - start
         log.info("plugin=%s command=%s container=%s ifname=%s duration_ms=%.1f result=%s",
                  plugin, command, env.get("CNI_CONTAINERID") or "-",
-                 env.get("CNI_IFNAME") or "-", (time.monotonic() - start) * 1000, outcome)
+                 env.get("CNI_IFNAME") or "-", duration * 1000, outcome)
+        if _observers:
+            record = PluginExec(plugin, command, env.get("CNI_CONTAINERID", ""),
+                                env.get("CNI_IFNAME", ""), duration, outcome)
+            for fn in list(_observers):
+                try:
+                    fn(record)
+                except Exception:   # an observer's bug never fails the exec
+                    log.exception("plugin exec observer %r", fn)
 
 
 @dataclass(frozen=True)

@@ -165,3 +165,36 @@ def test_streaming_bad_keys(body: str, words: str) -> None:
 def test_go_durations(text: str, seconds: float) -> None:
     from cri_shim.streamconfig import parse_duration
     assert parse_duration(text) == pytest.approx(seconds)
+
+
+# -- [metrics] (containerd's top-level table) ---------------------------------------------
+
+def test_metrics_off_by_default_and_keys() -> None:
+    from cri_shim import config as cfgmod
+    assert cfgmod.load(None).metrics.address == ""
+    m = cfgmod.parse('version = 2\n[metrics]\naddress = "127.0.0.1:1338"\ngrpc_histogram = false\n',
+                     source="t.toml").metrics
+    assert (m.address, m.grpc_histogram) == ("127.0.0.1:1338", False)
+
+
+@pytest.mark.parametrize("body,words", [
+    ('address = "1338"', "metrics.address must be host:port"),
+    ('address = "127.0.0.1:99999"', "metrics.address must be host:port"),
+    ("address = 1338", "metrics.address must be a string"),
+    ('grpc_histogram = "yes"', "metrics.grpc_histogram must be true or false"),
+])
+def test_metrics_bad_keys(body: str, words: str) -> None:
+    from cri_shim import config as cfgmod
+    from cri_shim.errors import ConfigFileError
+    with pytest.raises(ConfigFileError) as exc:
+        cfgmod.parse(f"version = 2\n[metrics]\n{body}\n", source="t.toml")
+    assert words in str(exc.value) and "t.toml" in str(exc.value)
+
+
+def test_grpc_code_names_as_go_grpc_prometheus() -> None:
+    import grpc
+
+    from cri_shim.metrics import _code_name
+    assert [_code_name(c) for c in (grpc.StatusCode.OK, grpc.StatusCode.NOT_FOUND,
+                                    grpc.StatusCode.DEADLINE_EXCEEDED)] == ["OK", "NotFound",
+                                                                            "DeadlineExceeded"]
