@@ -136,6 +136,8 @@ class Agent:
         self.lease: Lease | None = None
         self.network: NetworkConfig | None = None
         self.peers: dict[str, Peer] = {}        # by PublicIP, the lease identity
+        self.renewals = 0                       # leases renewed (flannel.metrics reads these)
+        self.renewal_failures = 0               # renewals refused (the lease was lost) or failed
         self._stale = False
         self._last_sync = 0.0
 
@@ -261,9 +263,14 @@ class Agent:
             try:
                 self.lease = self.store.renew(self.lease, ttl=self.config.lease_ttl)
             except LeaseConflict:
+                self.renewal_failures += 1
                 log.error("lease %s was lost; acquiring a new one", self.lease.subnet)
                 self.lease = None
                 return
+            except StoreUnavailable:
+                self.renewal_failures += 1
+                raise
+            self.renewals += 1
             log.info("lease %s renewed until %s", self.lease.subnet, self.lease.expires_at)
             self.resync()
             return
@@ -346,6 +353,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--lease-ttl", type=float, default=86400.0,
                    help="lease lifetime in seconds, 0 for none (default 86400)")
     p.add_argument("--once", action="store_true", help="set up, program the current peers, exit")
+    p.add_argument("--metrics-address", default="", metavar="HOST:PORT",
+                   help="serve Prometheus metrics (lease renewals, peers) at http://HOST:PORT/metrics")
     p.add_argument("--log-level", default=os.environ.get("CRI_SHIM_LOG_LEVEL", "info"),
                    choices=["debug", "info", "warning", "error"])
     return p
@@ -375,6 +384,13 @@ def main(argv: list[str] | None = None) -> int:
                          plugin_data_dir=args.plugin_data_dir, ipam_data_dir=args.ipam_data_dir)
     masq = IPMasq() if args.ip_masq else None
     agent = Agent(config, store, datapath, masq=masq)
+    if args.metrics_address:
+        from .metrics import serve_metrics
+        try:
+            serve_metrics(agent, args.metrics_address)
+        except (ValueError, OSError) as exc:
+            print(f"cri-shim agent: --metrics-address: {exc}", file=sys.stderr)
+            return 2
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: agent.stop.set())
     try:

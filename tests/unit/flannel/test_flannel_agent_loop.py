@@ -286,3 +286,42 @@ def test_main_rejects_a_bad_store_spec(capsys):
     from flannel.agent import main
     assert main(["--node-name", "a", "--store", "consul:x"]) == 2
     assert "want file:/path or etcd:" in capsys.readouterr().err
+
+
+def test_metrics_count_renewals_and_peers(make):
+    """What ``--metrics-address`` serves moves with the agent's loop."""
+    import urllib.request
+
+    from prometheus_client.parser import text_string_to_metric_families
+
+    from flannel.metrics import serve_metrics
+
+    def scrape(server) -> dict:
+        host, port = server.server_address[:2]
+        text = urllib.request.urlopen(f"http://{host}:{port}/metrics", timeout=10).read().decode()
+        return {(s.name, tuple(sorted(s.labels.items()))): s.value
+                for f in text_string_to_metric_families(text) for s in f.samples}
+
+    now = [1000.0]
+    store = FakeStore(NetworkConfig(network=NETWORK, backend={"Type": "vxlan"}), clock=lambda: now[0])
+    store.put(peer_lease("node-b", 2))
+    agent = _running(make, store, ttl=100.0, clock=lambda: now[0])
+    server = serve_metrics(agent, "127.0.0.1:0")
+    try:
+        got = scrape(server)
+        assert got[("cri_shim_agent_peers", ())] == 1
+        assert got[("cri_shim_agent_lease_renewals_total", ())] == 0
+        subnet = str(agent.lease.subnet)
+        assert got[("cri_shim_agent_lease_expiry_timestamp_seconds", (("subnet", subnet),))] == 1100.0
+        now[0] = 1050.0
+        agent.step()                                     # renewed, then resynced
+        store.put(peer_lease("node-c", 4))
+        agent.step()
+        got = scrape(server)
+        assert got[("cri_shim_agent_lease_renewals_total", ())] == 1
+        assert got[("cri_shim_agent_lease_expiry_timestamp_seconds", (("subnet", subnet),))] == 1150.0
+        assert got[("cri_shim_agent_peers", ())] == 2
+        assert got[("cri_shim_agent_lease_renewal_failures_total", ())] == 0
+    finally:
+        server.shutdown()
+        server.server_close()
