@@ -106,6 +106,8 @@ def _serve(args: argparse.Namespace) -> int:
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
+    from . import sdnotify
+    sdnotify.claim()   # before any child (the pinner, runc, conmon) inherits it
     try:
         root = rootlock.claim(cfg.root)   # before anything reads or repairs the root
     except rootlock.HostError as exc:

@@ -21,7 +21,7 @@ from google.protobuf import json_format
 
 from images.service import ImageService
 
-from . import __version__
+from . import __version__, sdnotify
 from .api import api_pb2 as pb
 from .api import api_pb2_grpc as pb_grpc
 from .containers import ContainerManager
@@ -254,10 +254,12 @@ def serve(manager: SandboxManager, image_service: ImageService, address: str,
     server.start()
     os.chmod(address, 0o660)
     log.info("cri-shim %s serving CRI on unix://%s", __version__, address)
+    sdnotify.notify("READY=1")   # Type=notify: the socket serves
     try:
         stop.wait()
     finally:
         log.info("shutting down")
+        sdnotify.notify("STOPPING=1")
         if containers is not None:
             containers.events.close()   # ends GetContainerEvents streams
         if streams is not None:
