@@ -2,7 +2,8 @@
 without crictl. Output follows crictl's.
 
     cri-shim ctl [-r unix:///path.sock] version | info | runp FILE | inspectp ID |
-                 stopp ID... | rmp [-f] ID... | pods [--id ID] [--state S] [--label K=V] [-q]
+                 stopp ID... | rmp [-f] ID... | pods [--id ID] [--state S] [--label K=V] [-q] |
+                 explain POD [--json] [--svg FILE]
 
 and the image commands of ``cri_shim.ctlimages`` (pull, images, inspecti, rmi,
 imagefsinfo, import) and the container commands of ``cri_shim.ctlcontainers`` (create,
@@ -57,6 +58,11 @@ def main(argv: list[str] | None = None) -> int:
     pods.add_argument("--label", action="append", default=[], metavar="K=V")
     pods.add_argument("-q", "--quiet", action="store_true", help="ids only")
     pods.add_argument("-o", "--output", choices=["table", "json"], default="table")
+    explain = sub.add_parser("explain", help="how a pod got its IP: what was read, every plugin "
+                             "exec, and what the node shows now")
+    explain.add_argument("pod", help="sandbox id, id prefix, pod name or namespace/name")
+    explain.add_argument("--json", action="store_true", help="the whole report as JSON")
+    explain.add_argument("--svg", metavar="FILE", help="also draw the sequence into FILE")
     ctlimages.add_parsers(sub)
     ctlcontainers.add_parsers(sub)
     args = p.parse_args(argv)
@@ -162,6 +168,19 @@ def _pods(c: _Client, args: argparse.Namespace) -> int:
     return 0
 
 
-_COMMANDS = {"version": _version, "info": _info, "runp": _runp, "inspectp": _inspectp,
+def _explain(c: _Client, args: argparse.Namespace) -> int:
+    from . import explain, explainsvg
+    report = explain.gather(c, explain.resolve(c, args.pod))
+    if args.svg:
+        try:
+            with open(args.svg, "w") as f:
+                f.write(explainsvg.render_svg(report))
+        except OSError as exc:
+            raise CtlError(f"cannot write {args.svg}: {exc.strerror}") from exc
+    print(json.dumps(report, indent=2) if args.json else explain.render_text(report))
+    return 0
+
+
+_COMMANDS = {"version": _version, "explain": _explain, "info": _info, "runp": _runp, "inspectp": _inspectp,
              "stopp": _stopp, "rmp": _rmp, "pods": _pods, **ctlimages.COMMANDS,
              **ctlcontainers.COMMANDS}

@@ -38,6 +38,7 @@ from .podconfig import SandboxSpec, parse_pod_config
 from .podenv import PidInit, PodEnvironment, PodPlan
 from .podnet import PodNetwork, PodNetworkSpec, pod_ips, result_json
 from .store import CREATING, NOTREADY, READY, SandboxRecord, Store
+from .trace import Recorder, Trace, conf_dir_files
 
 log = logging.getLogger(__name__)
 
@@ -79,6 +80,7 @@ class SandboxManager:
         self._names: dict[str, str] = {}   # reserved sandbox name -> id
         self.pod_cidrs: list[str] = []     # the node's, from UpdateRuntimeConfig
         self._ips: dict[str, tuple[SandboxRecord, list[str]]] = {}   # see ips()
+        self.recorder = Recorder()         # each sandbox's trace (ctl explain)
 
     # -- start-up -----------------------------------------------------------------
 
@@ -246,10 +248,15 @@ class SandboxManager:
                               networks=planned)
         rec = entry.record = rec.replace(pod_env=self.pod_env is not None)
         self.store.put(rec)   # the intent, before anything is made
+        trace = self.recorder.begin(rec.id, Trace("RunPodSandbox", self._config_seen(rec),
+                                                  {n.ifname: n.name for n in planned}))
         ips: list[str] = []
         try:
             if not rec.host_network:
+                started = time.monotonic()
                 self._netns.pin(rec.netns_path, loopback_up=self.config.cni.use_internal_loopback)
+                trace.step("netns", started, time.monotonic() - started, action="pin",
+                           path=rec.netns_path, loopback_up=self.config.cni.use_internal_loopback)
             if self.pod_env is not None:
                 init = self.pod_env.set_up(rec.id, plan)
                 if init is not None:
@@ -268,9 +275,14 @@ class SandboxManager:
                                           json.dumps(results_json.get("eth0", {})))
             if self.pod_env is not None:
                 self.pod_env.after_network(rec.id, plan, rec.netns_path, ips[0] if ips else "")
-            ready = rec.replace(state=READY, results=results_json)
+            self.recorder.end(rec.id)
+            ready = rec.replace(state=READY, results=results_json,
+                                trace={"run": trace.finish(ips=ips)})
             self.store.put(ready)   # a sandbox not on disk must not exist: undone below
         except BaseException as exc:
+            self.recorder.end(rec.id)
+            # Kept only if the undo fails too (the sandbox then stays, NOTREADY).
+            entry.record = entry.record.replace(trace={"run": trace.finish(error=str(exc) or type(exc).__name__)})
             self._undo(entry, entry.record)
             if isinstance(exc, libcni.CNIError):
                 raise NetworkError(f'failed to set up network for sandbox "{rec.id}"', exc) from exc
@@ -278,6 +290,17 @@ class SandboxManager:
         entry.record = ready
         if not rec.host_network:
             self._ips[rec.id] = (ready, ips)   # parsed once, here (see ips())
+
+    def _config_seen(self, rec: SandboxRecord) -> dict[str, Any]:
+        """What RunPodSandbox read to network this pod, for its trace."""
+        cni = self.config.cni
+        seen: dict[str, Any] = {"file": self.config.source, "host_network": rec.host_network}
+        if not rec.host_network:
+            seen.update(conf_dir=cni.conf_dir, max_conf_num=cni.max_conf_num,
+                        bin_dirs=list(cni.bin_dirs), netns_dir=cni.netns_dir,
+                        use_internal_loopback=cni.use_internal_loopback,
+                        files=conf_dir_files(self.network.status(), cni.max_conf_num))
+        return seen
 
     def _undo(self, entry: _Entry, rec: SandboxRecord) -> None:
         """Undo a half-made sandbox. When the teardown fails it stays NOTREADY with its
@@ -344,12 +367,23 @@ class SandboxManager:
         self.stop_containers(rec.id, deadline)
         if rec.state == NOTREADY and not rec.networks and not rec.pid_init:
             return
-        self._teardown(rec, deadline)
-        entry.record = rec.replace(state=NOTREADY, networks=(), results={}, pid_init=None)
+        trace = self.recorder.begin(rec.id, Trace("StopPodSandbox",
+                                                  networks={n.ifname: n.name for n in rec.networks}))
+        try:
+            self._teardown(rec, deadline, trace)
+        except BaseException as exc:
+            entry.record = rec.replace(trace={**rec.trace, "stop": trace.finish(
+                error=str(exc) or type(exc).__name__)})
+            raise
+        finally:
+            self.recorder.end(rec.id)
+        entry.record = rec.replace(state=NOTREADY, networks=(), results={}, pid_init=None,
+                                   trace={**rec.trace, "stop": trace.finish()})
         self.store.put(entry.record)
         log.info("sandbox %s stopped", rec.id[:12])
 
-    def _teardown(self, rec: SandboxRecord, deadline: float | None = None) -> None:
+    def _teardown(self, rec: SandboxRecord, deadline: float | None = None,
+                  trace: Trace | None = None) -> None:
         """Kill the PID namespace's init, DEL the planned networks (best effort), then
         unpin the netns and release the pod's other namespaces and /dev/shm.
 
@@ -366,7 +400,11 @@ class SandboxManager:
             except libcni.CNIError as exc:
                 raise NetworkError(f'failed to destroy network for sandbox "{rec.id}"', exc) from exc
         if rec.netns_path:
+            started = time.monotonic()
             self._netns.unpin(rec.netns_path)
+            if trace is not None:
+                trace.step("netns", started, time.monotonic() - started, action="unpin",
+                           path=rec.netns_path)
         if self.pod_env is not None and rec.pod_env:
             self.pod_env.release(rec.id)
 

@@ -196,6 +196,7 @@ def verbose_info(rec: SandboxRecord) -> dict[str, Any]:
         "networks": [{"name": n.name, "ifname": n.ifname} for n in rec.networks],
         "cniResult": rec.results,
         "config": rec.config,
+        "trace": rec.trace,   # how it got (and gave back) its IP: cri-shim ctl explain
     }
 
 

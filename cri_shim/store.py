@@ -66,6 +66,7 @@ class SandboxRecord:
     runtime_handler: str = ""            # RunPodSandboxRequest.runtime_handler
     pod_env: bool = False                # has a pod directory (IPC/UTS pins, files, shm)
     pid_init: dict[str, int] | None = None   # the PID namespace's init (PodEnvironment)
+    trace: dict[str, Any] = field(default_factory=dict)   # "run", "stop": cri_shim.trace JSON
 
     @property
     def labels(self) -> dict[str, str]:

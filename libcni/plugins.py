@@ -12,7 +12,7 @@ import logging
 import os
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TypeVar
 
 from cni import gojson
@@ -38,6 +38,11 @@ class PluginExec:
     ifname: str
     duration: float      # seconds
     outcome: str         # "ok", "timeout" or "error code=N"
+    path: str = ""
+    env: Mapping[str, str] = field(default_factory=dict)
+    stdin: bytes = b""
+    stdout: bytes = b""  # the result (or error) the plugin printed; empty if it never ran
+    started: float = 0.0  # time.monotonic()
 
 
 _observers: list[Callable[[PluginExec], None]] = []
@@ -83,6 +88,7 @@ def _logged_run(exec_: Exec, plugin: str, plugin_path: str, command: str, stdin:
                 decode: Callable[[ExecOutput], T]) -> T:
     start = time.monotonic()
     outcome = "ok"
+    output = None
     try:
         try:
             output = exec_.run(plugin_path, stdin, env, timeout)
@@ -108,7 +114,8 @@ def _logged_run(exec_: Exec, plugin: str, plugin_path: str, command: str, stdin:
                  env.get("CNI_IFNAME") or "-", duration * 1000, outcome)
         if _observers:
             record = PluginExec(plugin, command, env.get("CNI_CONTAINERID", ""),
-                                env.get("CNI_IFNAME", ""), duration, outcome)
+                                env.get("CNI_IFNAME", ""), duration, outcome, plugin_path, env,
+                                stdin, output.stdout if output is not None else b"", start)
             for fn in list(_observers):
                 try:
                     fn(record)
