@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import itertools
+import subprocess
+import sys
 from typing import Iterator
 
 import pytest
 
 from testbed.cluster import ETCD, Cluster, wait_for
+from testbed.process import env
 
 pytestmark = pytest.mark.privileged
 
@@ -37,6 +40,23 @@ def test_pods_on_three_nodes_reach_each_other(cluster: Cluster) -> None:
     assert cidrs == {"10.244.0.1/24", "10.244.1.1/24", "10.244.2.1/24"}
     assert len({p.ip for p in pods}) == 6
     assert unreachable(pods) == []
+
+    # explain, on node-1, tells this pod's whole story: the flannel plugin, its
+    # delegate, the node's lease and the overlay routes to the other two.
+    first = pods[0]
+    node = first.node
+    proc = subprocess.run(["nsenter", f"--net={node.ns.path}", sys.executable, "-m", "cri_shim", "ctl",
+                           "-r", f"unix://{node.server.socket}", "explain", first.id],
+                          capture_output=True, text=True, timeout=60, env=env())
+    assert proc.returncode == 0, proc.stderr
+    story = proc.stdout
+    lease = (node.work / "subnet.env").read_text().split("FLANNEL_SUBNET=")[1].split()[0]
+    for words in ("flannel ADD eth0", f"this node's podCIDR lease {lease} of 10.244.0.0/16",
+                  "flannel: delegated to bridge with the config saved in", f"the pod's IP: {first.ip}"):
+        assert words in story, f"{words!r} not in:\n{story}"
+    others = {c.replace(".1/24", ".0/24") for c in cidrs} - {lease.replace(".1/24", ".0/24")}
+    for cidr in others:
+        assert f"overlay route {cidr} via {cidr.split('/')[0]} dev flannel.1 onlink" in story, story
 
     # An agent restart keeps flannel.1 (same ifindex) and the pods reachable.
     n1 = cluster.nodes[0]
