@@ -88,3 +88,22 @@ def test_a_failing_plugin_counts_as_an_error(shim: Shim) -> None:
                  operation_type="DEL") == 1          # the chain was rolled back
     assert value(got, "grpc_server_handled_total", grpc_method="RunPodSandbox", grpc_code="OK") == 0
     assert value(got, "cri_shim_sandboxes") == 0
+
+
+def test_containers_by_state(tmp_path) -> None:
+    from testbed.containers import PodWorld, container_config
+    world = PodWorld(tmp_path, extra_toml=METRICS).start()
+    try:
+        world.busybox()
+        sandbox_id = world.run_pod("c")
+        container_id = world.run(sandbox_id, container_config("sleeper", command=["sleep", "300"]))
+        got = scrape(world.server)
+        assert value(got, "cri_shim_containers", state="running") == 1
+        assert value(got, "grpc_server_handled_total", grpc_service="runtime.v1.RuntimeService",
+                     grpc_method="StartContainer", grpc_code="OK") == 1
+        world.stop(container_id, timeout=1)
+        got = scrape(world.server)
+        assert value(got, "cri_shim_containers", state="running") == 0
+        assert value(got, "cri_shim_containers", state="exited") == 1
+    finally:
+        world.close()
