@@ -212,6 +212,12 @@ def _render_trace(trace: dict[str, Any]) -> list[str]:
         out.append(f"              stdin  {_compact(step.get('stdin', ''))}")
         if step.get("output"):
             out.append(f"              output {_compact(step['output'])}")
+        delegate = _delegate_stdin(step.get("stderr", ""))
+        if delegate:
+            out.append(f"              delegate ({delegate.get('type', '?')}) stdin "
+                       f"{json.dumps(delegate, separators=(',', ':'))}")
+        elif step.get("stderr"):
+            out.append(f"              stderr {' '.join(step['stderr'].split())}")
     if trace.get("dropped_steps"):
         out.append(f"  ({trace['dropped_steps']} more steps were not kept)")
     outcome = trace.get("outcome") or {}
@@ -220,6 +226,20 @@ def _render_trace(trace: dict[str, Any]) -> list[str]:
     elif "ips" in outcome:
         out.append(f"  the pod's IP: {', '.join(outcome['ips']) or 'none'}")
     return out
+
+
+DELEGATE_LINE = "delegateAdd: netconf sent to delegate plugin:"   # flannel's own stderr
+
+
+def _delegate_stdin(stderr: str) -> dict[str, Any]:
+    """The config flannel gave its delegate, from the line flannel writes on stderr."""
+    if DELEGATE_LINE not in stderr:
+        return {}
+    try:
+        conf, _ = json.JSONDecoder().raw_decode(stderr.split(DELEGATE_LINE, 1)[1].lstrip())
+    except ValueError:
+        return {}
+    return conf if isinstance(conf, dict) else {}
 
 
 def _compact(text: str) -> str:

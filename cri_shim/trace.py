@@ -11,7 +11,9 @@ A trace is plain JSON (it lives in the sandbox record, so it survives a restart)
 and each file there with what became of it (``chosen``, ``skipped`` with the reason,
 ``not read`` past ``max_conf_num``). Each step has ``kind`` (``netns``, ``exec``),
 ``at_ms`` (from the start) and ``ms``; an exec step has the plugin, its path, the
-command, the CNI_* environment, the stdin as the plugin got it and what it printed.
+command, the CNI_* environment, the stdin as the plugin got it and what it printed
+(and its stderr, when it wrote any: flannel writes there the config it gave its
+delegate).
 
 Bounded: at most ``MAX_STEPS`` steps (the rest counted in ``dropped_steps``) and
 ``MAX_TEXT`` characters of each stdin and output (cut in the middle, marked).
@@ -72,6 +74,8 @@ class Trace:
                   "ifname": record.ifname, "network": self.networks.get(record.ifname, ""), "env": env,
                   "stdin": _cut(record.stdin), "output": _cut(record.stdout),
                   "outcome": record.outcome}
+        if record.stderr.strip():
+            detail["stderr"] = _cut(record.stderr)
         self.cost += time.perf_counter() - t
         self.step("exec", record.started, record.duration, **detail)
 

@@ -43,6 +43,7 @@ class PluginExec:
     stdin: bytes = b""
     stdout: bytes = b""  # the result (or error) the plugin printed; empty if it never ran
     started: float = 0.0  # time.monotonic()
+    stderr: bytes = b""   # what it wrote on stderr (flannel: the config it gave its delegate)
 
 
 _observers: list[Callable[[PluginExec], None]] = []
@@ -115,7 +116,8 @@ def _logged_run(exec_: Exec, plugin: str, plugin_path: str, command: str, stdin:
         if _observers:
             record = PluginExec(plugin, command, env.get("CNI_CONTAINERID", ""),
                                 env.get("CNI_IFNAME", ""), duration, outcome, plugin_path, env,
-                                stdin, output.stdout if output is not None else b"", start)
+                                stdin, output.stdout if output is not None else b"", start,
+                                output.stderr if output is not None else b"")
             for fn in list(_observers):
                 try:
                     fn(record)

@@ -52,7 +52,8 @@ def test_pods_on_three_nodes_reach_each_other(cluster: Cluster) -> None:
     story = proc.stdout
     lease = (node.work / "subnet.env").read_text().split("FLANNEL_SUBNET=")[1].split()[0]
     for words in ("flannel ADD eth0", f"this node's podCIDR lease {lease} of 10.244.0.0/16",
-                  "flannel: delegated to bridge with the config saved in", f"the pod's IP: {first.ip}"):
+                  "flannel: delegated to bridge with the config saved in", f"the pod's IP: {first.ip}",
+                  'delegate (bridge) stdin {"cniVersion"'):
         assert words in story, f"{words!r} not in:\n{story}"
     others = {c.replace(".1/24", ".0/24") for c in cidrs} - {lease.replace(".1/24", ".0/24")}
     for cidr in others:

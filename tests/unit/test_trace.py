@@ -17,10 +17,10 @@ from cri_shim.explainsvg import render_svg
 
 
 def exec_record(sandbox: str, plugin: str = "bridge", stdin: bytes = b"{}", stdout: bytes = b"{}",
-                ifname: str = "eth0", outcome: str = "ok") -> libcni.PluginExec:
+                ifname: str = "eth0", outcome: str = "ok", stderr: bytes = b"") -> libcni.PluginExec:
     return libcni.PluginExec(plugin, "ADD", sandbox, ifname, 0.01, outcome, f"/opt/cni/bin/{plugin}",
                              {"CNI_COMMAND": "ADD", "CNI_IFNAME": ifname, "PATH": "/bin"}, stdin, stdout,
-                             time.monotonic())
+                             time.monotonic(), stderr)
 
 
 def test_steps_and_texts_are_bounded() -> None:
@@ -61,7 +61,9 @@ def _flannel_report() -> dict:
                  networks={"eth0": "cbr0"})
     flannel_conf = {"type": "flannel", "name": "cbr0", "delegate": {"hairpinMode": True}}
     result = {"cniVersion": "1.0.0", "ips": [{"address": "10.244.1.5/24", "gateway": "10.244.1.1"}]}
-    t.exec_step(exec_record("s" * 64, "flannel", json.dumps(flannel_conf).encode(), json.dumps(result).encode()))
+    delegate = {"type": "bridge", "name": "cbr0", "ipam": {"type": "host-local"}}
+    t.exec_step(exec_record("s" * 64, "flannel", json.dumps(flannel_conf).encode(), json.dumps(result).encode(),
+                            stderr=b"delegateAdd: netconf sent to delegate plugin:\n" + json.dumps(delegate).encode()))
     return {"sandbox": {"id": "s" * 64, "name": "web", "namespace": "default", "attempt": 0, "state": "READY",
                         "ip": "10.244.1.5", "additional_ips": [], "netns": "/run/netns/x", "host_network": False},
             "trace": {"run": t.finish(ips=["10.244.1.5"])},
@@ -81,7 +83,8 @@ def test_text_tells_flannels_part() -> None:
                   "this node's podCIDR lease 10.244.1.1/24 of 10.244.0.0/16, MTU 1450",
                   "delegated to bridge with the config saved in /var/lib/cni/flannel/",
                   "overlay route 10.244.2.0/24 via 10.244.2.0 dev flannel.1 onlink (another node's podCIDR)",
-                  "on the node: bridge cni0 10.244.1.1/24", "the pod's IP: 10.244.1.5"):
+                  "on the node: bridge cni0 10.244.1.1/24", "the pod's IP: 10.244.1.5",
+                  'delegate (bridge) stdin {"type":"bridge","name":"cbr0","ipam":{"type":"host-local"}}'):
         assert words in text, words
 
 
