@@ -114,7 +114,7 @@ def _serve(args: argparse.Namespace) -> int:
         print(f"cri-shim: {exc}", file=sys.stderr)
         return 1
     try:
-        os.makedirs(cfg.state, mode=0o700, exist_ok=True)
+        rootlock.private_dir(cfg.state)
         pod_env = PodEnvironment(os.path.join(cfg.state, "pods"),
                                  catatonit=cfg.containers.catatonit)
         manager = SandboxManager(cfg, PodNetwork(cfg.cni), FileStore(os.path.join(cfg.root, "sandboxes")),

@@ -12,11 +12,14 @@ from __future__ import annotations
 
 import errno
 import fcntl
+import logging
 import os
 
 from .errors import HostError
 
 LOCK_NAME = "cri-shim.lock"
+
+log = logging.getLogger(__name__)
 
 
 class RootInUse(HostError):
@@ -35,11 +38,22 @@ class RootClaim:
             self._fd = -1
 
 
+def private_dir(path: str) -> None:
+    """Make *path* (and its parents) if missing, and leave it 0700: a directory that
+    was there before with group or other bits (made by hand, say) is tightened, as the
+    records, keys and sockets below it are the runtime's alone. Raises OSError."""
+    os.makedirs(path, mode=0o700, exist_ok=True)
+    mode = os.stat(path).st_mode & 0o777
+    if mode & 0o077:
+        log.warning("%s was mode %o: made 0700 (only root may read the runtime's state)", path, mode)
+        os.chmod(path, 0o700)
+
+
 def claim(root: str) -> RootClaim:
     """Take ``<root>/cri-shim.lock`` or raise ``RootInUse`` naming the holder's pid."""
     path = os.path.join(root, LOCK_NAME)
     try:
-        os.makedirs(root, mode=0o700, exist_ok=True)
+        private_dir(root)
         fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
     except OSError as exc:
         raise HostError(f"cannot open {path}", exc.errno) from exc
