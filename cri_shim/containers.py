@@ -146,6 +146,16 @@ class ContainerManager:
                 if st.id not in known:   # runc state without a record: a crash's leftover
                     log.warning("removing %s container %s, which has no record", runtime.name, st.id[:12])
                     runtime.delete(st.id, force=True)
+                    continue
+                entry = self._containers[st.id]
+                if entry.record.state == CREATED and st.status in ("running", "paused"):
+                    # The last run died inside StartContainer after runc started the
+                    # process but before the record said so: it runs, so say that (its
+                    # start time is not known better than now).
+                    log.warning("container %s was started when the last run stopped; "
+                                "it is running", st.id[:12])
+                    with entry.lock:
+                        self._save(entry, entry.record.replace(state=RUNNING, started_at=self._clock()))
         log.info("recovered %d containers", len(known))
 
     def _sandbox_config(self, sandbox_id: str) -> Mapping[str, Any]:
