@@ -96,6 +96,12 @@ class CRIServicer(ContainerMethods, pb_grpc.RuntimeServiceServicer):
         config = json_format.MessageToDict(request.config, preserving_proto_field_name=True)
         sandbox_id = self.manager.run(parse_pod_config(config), deadline=deadline(context),
                                       runtime_handler=request.runtime_handler)
+        if not context.is_active():
+            # The client cancelled or went while the chain ran and will never learn
+            # this id: undo it now (containerd's cancelled context rolls back too).
+            log.info("sandbox %s: the client went away before RunPodSandbox returned; "
+                     "undoing it", sandbox_id[:12])
+            self.manager.remove(sandbox_id)
         return pb.RunPodSandboxResponse(pod_sandbox_id=sandbox_id)
 
     @rpc

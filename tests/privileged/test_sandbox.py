@@ -167,6 +167,20 @@ def test_crash_during_del_is_finished_by_the_next_stop(shim: Shim) -> None:
     assert shim.leftovers("testnet") == {}
 
 
+def test_a_client_that_goes_mid_run_leaves_no_sandbox(shim: Shim) -> None:
+    """The client cancels (or dies) while the chain runs: containerd's context ends and
+    the set-up is rolled back; here the set-up finishes and is undone at once, so the
+    client, which never learnt the id, has no sandbox to find or leak."""
+    future = start_slow_run(shim, 1.0)
+    future.cancel()
+    deadline = time.monotonic() + 20
+    while shim.leftovers("testnet") and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert shim.runtime.ListPodSandbox(pb.ListPodSandboxRequest()).items == []
+    assert shim.leftovers("testnet") == {}
+    assert "the client went away" in shim.log()
+
+
 def test_host_network_sandbox_has_no_netns_and_no_ip(shim: Shim) -> None:
     shim.start()   # no CNI config at all: host-network pods do not need one
     cfg = pod_config("hostpod", linux=pb.LinuxPodSandboxConfig(

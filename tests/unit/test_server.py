@@ -22,6 +22,9 @@ class Ctx:
     def time_remaining(self) -> float | None:
         return self._remaining
 
+    def is_active(self) -> bool:
+        return True
+
 
 @pytest.fixture
 def svc(tmp_path: Path) -> tuple[Env, CRIServicer]:
