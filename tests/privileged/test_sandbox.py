@@ -167,6 +167,27 @@ def test_crash_during_del_is_finished_by_the_next_stop(shim: Shim) -> None:
     assert shim.leftovers("testnet") == {}
 
 
+def test_a_hanging_plugin_ends_at_the_clients_deadline_and_others_are_served(shim: Shim) -> None:
+    future = start_slow_run(shim, 8)
+    future.cancel()                                        # (that one is undone as it returns)
+    started = time.monotonic()
+    with pytest.raises(grpc.RpcError) as exc:
+        shim.runtime.RunPodSandbox(pb.RunPodSandboxRequest(config=pod_config("hung")), timeout=3)
+    assert exc.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+    assert time.monotonic() - started < 6
+    # Meanwhile (a plugin of the first run still hangs) the server answers at once.
+    for _ in range(5):
+        t = time.monotonic()
+        shim.runtime.Version(pb.VersionRequest(), timeout=2)
+        shim.runtime.ListPodSandbox(pb.ListPodSandboxRequest(), timeout=2)
+        assert time.monotonic() - t < 1
+    deadline = time.monotonic() + 30                       # the first run's plugin wakes at 8 s
+    while shim.leftovers("testnet") and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert shim.runtime.ListPodSandbox(pb.ListPodSandboxRequest()).items == []
+    assert shim.leftovers("testnet") == {}
+
+
 def test_a_client_that_goes_mid_run_leaves_no_sandbox(shim: Shim) -> None:
     """The client cancels (or dies) while the chain runs: containerd's context ends and
     the set-up is rolled back; here the set-up finishes and is undone at once, so the
