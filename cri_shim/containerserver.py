@@ -26,6 +26,7 @@ from .events import CREATED as EV_CREATED
 from .events import DELETED, STARTED, STOPPED
 from .manager import SandboxFilter, SandboxManager
 from .errors import FailedPrecondition
+from .podconfig import reject_nul
 from .rpc import rpc
 from .streams import Streams
 
@@ -55,6 +56,7 @@ class ContainerMethods:
 
     @rpc
     def CreateContainer(self, request: pb.CreateContainerRequest, context: Any) -> pb.CreateContainerResponse:
+        reject_nul(request.config, "ContainerConfig")
         container_id = self.containers.create(request.pod_sandbox_id, request.config)
         return pb.CreateContainerResponse(container_id=container_id)
 

@@ -33,6 +33,31 @@ class SandboxSpec:
     config: dict[str, Any]   # the whole config, kept for status round-trips
 
 
+def reject_nul(message: Any, path: str) -> None:
+    """Raise InvalidArgument naming the first string field of the proto *message* (at
+    *path*, e.g. ``ContainerConfig``) that holds a NUL byte: no path, name, argument
+    or environment entry can carry one to the kernel, and saying so beats an error
+    from deep inside."""
+    for field, value in message.ListFields():
+        where = f"{path}.{field.name}"
+        if field.message_type is not None and field.message_type.GetOptions().map_entry:
+            for key, item in value.items():
+                if "\0" in str(key):
+                    raise InvalidArgument(f"{where} has a key with a NUL byte: {str(key)!r}")
+                if isinstance(item, str) and "\0" in item:
+                    raise InvalidArgument(f"{where}[{key!r}] contains a NUL byte")
+                if hasattr(item, "ListFields"):
+                    reject_nul(item, f"{where}[{key!r}]")
+            continue
+        items = value if field.is_repeated else [value]
+        for i, item in enumerate(items):
+            at = f"{where}[{i}]" if field.is_repeated else where
+            if isinstance(item, str) and "\0" in item:
+                raise InvalidArgument(f"{at} contains a NUL byte")
+            if hasattr(item, "ListFields"):
+                reject_nul(item, at)
+
+
 def parse_pod_config(config: Mapping[str, Any]) -> SandboxSpec:
     """Validate *config*; raise InvalidArgument naming the first field that is wrong."""
     meta = config.get("metadata")

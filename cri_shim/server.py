@@ -28,7 +28,7 @@ from .containers import ContainerManager
 from .containerserver import ContainerMethods
 from .rpc import RUNTIME_NAME, answer_unimplemented, deadline, rpc
 from .manager import SandboxFilter, SandboxManager
-from .podconfig import parse_pod_config
+from .podconfig import parse_pod_config, reject_nul
 from .store import NOTREADY, READY, SandboxRecord
 from .streams import Streams
 
@@ -93,6 +93,7 @@ class CRIServicer(ContainerMethods, pb_grpc.RuntimeServiceServicer):
 
     @rpc
     def RunPodSandbox(self, request: pb.RunPodSandboxRequest, context: Any) -> pb.RunPodSandboxResponse:
+        reject_nul(request.config, "PodSandboxConfig")
         config = json_format.MessageToDict(request.config, preserving_proto_field_name=True)
         sandbox_id = self.manager.run(parse_pod_config(config), deadline=deadline(context),
                                       runtime_handler=request.runtime_handler)

@@ -64,3 +64,24 @@ def test_bad_pod_config(cfg, words) -> None:
     with pytest.raises(InvalidArgument) as exc:
         parse_pod_config(cfg)
     assert words in str(exc.value)
+
+
+def test_a_nul_byte_anywhere_is_invalid_naming_the_field() -> None:
+    from cri_shim.api import api_pb2 as pb
+    from cri_shim.errors import InvalidArgument
+    from cri_shim.podconfig import reject_nul
+    ok = pb.ContainerConfig(metadata=pb.ContainerMetadata(name="c"), command=["sh"])
+    reject_nul(ok, "ContainerConfig")
+    cases = [
+        (pb.ContainerConfig(mounts=[pb.Mount(host_path="/a"), pb.Mount(host_path="/x\0y")]),
+         "ContainerConfig.mounts[1].host_path contains a NUL byte"),
+        (pb.ContainerConfig(command=["ok", "b\0d"]), "ContainerConfig.command[1] contains a NUL byte"),
+        (pb.ContainerConfig(labels={"k\0": "v"}), "ContainerConfig.labels has a key with a NUL byte"),
+        (pb.ContainerConfig(annotations={"k": "v\0"}), "ContainerConfig.annotations['k'] contains a NUL byte"),
+        (pb.ContainerConfig(linux=pb.LinuxContainerConfig(security_context=pb.LinuxContainerSecurityContext(
+            apparmor_profile="x\0"))), "ContainerConfig.linux.security_context.apparmor_profile contains"),
+    ]
+    for msg, words in cases:
+        with pytest.raises(InvalidArgument) as exc:
+            reject_nul(msg, "ContainerConfig")
+        assert words in str(exc.value)
