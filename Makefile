@@ -5,7 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 COMPAT := .venv-compat
 
-.PHONY: all deps system-deps venv compat-venv proto test unit privileged fuzz demo demo-cluster bench clean
+.PHONY: all deps system-deps venv compat-venv proto test unit privileged fuzz soak demo demo-cluster bench clean
 
 all: test
 
@@ -45,6 +45,9 @@ privileged: deps
 # Issue 14's long runs (not in make test, which runs short versions of each).
 fuzz: deps
 	CRI_SHIM_REQUIRE_ALL=1 CRI_SHIM_FUZZ=long $(PY) -m pytest -q tests/privileged/test_fuzz.py
+
+soak: deps
+	CRI_SHIM_REQUIRE_ALL=1 CRI_SHIM_SOAK=long $(PY) -m pytest -q -s tests/privileged/test_soak.py
 
 demo: system-deps venv
 	$(PY) hack/demo
