@@ -11,6 +11,7 @@ import json
 import os
 import subprocess
 import threading
+import time
 from pathlib import Path
 from typing import Iterator
 
@@ -378,3 +379,45 @@ def test_kubelet_credentials_for_a_server_are_not_sent_to_a_mirror(world: World,
     world.start(f'[plugins."io.containerd.grpc.v1.cri".registry.configs."{mirror.host}".auth]\n'
                 '  username = "testuser"\n  password = "testpassword"\n')
     assert world.pull(BUSYBOX) == busybox.config_digest
+
+
+@pytest.mark.parametrize("when", ["downloading", "unpacking"])
+def test_a_server_killed_mid_pull_leaves_no_half_blob_or_snapshot(world: World, tmp_path: Path,
+                                                                  when: str) -> None:
+    """kill -9 while a 5-layer pull is writing blobs (or unpacking them): the next start
+    drops the partial blobs and half-made snapshots, the image is not listed, and the
+    same pull then succeeds whole."""
+    reg = world.registry()
+    big = imagebuild.big_image(tmp_path / "big", layers=5, layer_mib=10)
+    imagebuild.push(big, reg, "big", "1")
+    srv = world.start()
+    ref = f"{reg.host}/big:1"
+    got: list = []
+    t = threading.Thread(target=lambda: got.append(_try(lambda: world.pull(ref))))
+    t.start()
+    d = world.images_dir()
+    deadline = time.monotonic() + 60
+
+    def busy() -> bool:
+        if when == "downloading":
+            return bool(os.listdir(d / "content" / "ingest")) if (d / "content" / "ingest").exists() else False
+        return (d / "snapshots").exists() and any(n.startswith(".") for n in os.listdir(d / "snapshots"))
+    while not busy():
+        assert time.monotonic() < deadline and t.is_alive(), f"never {when}:\n{srv.log_tail()}"
+    os.kill(srv.pid, 9)
+    t.join(30)
+    srv.stop()
+    srv.start()
+    assert world.leftovers() == {}                       # no partial blob, no half snapshot
+    listed = srv.image.ListImages(pb.ListImagesRequest(), timeout=30).images
+    assert [i for i in listed if ref in i.repo_tags] == []   # not listed half made
+    assert world.pull(ref) == big.config_digest
+    assert world.status(ref).image.id == big.config_digest
+    assert world.leftovers() == {}
+
+
+def _try(call):
+    try:
+        return call()
+    except grpc.RpcError as exc:
+        return exc.code()
