@@ -33,9 +33,9 @@ def resolve(client: Any, ref: str) -> str:
     exact = [i for i in items if i.id == ref]
     if exact:
         return exact[0].id
+    # A pod name before an id prefix: a short name such as "db" or "cafe" is also
+    # the start of some hex id.
     by_prefix = [i for i in items if i.id.startswith(ref)]
-    if len(by_prefix) == 1:
-        return by_prefix[0].id
     namespace, _, name = ref.rpartition("/")
     by_name = [i for i in items if i.metadata.name == name and namespace in ("", i.metadata.namespace)]
     if by_name:
@@ -44,6 +44,8 @@ def resolve(client: Any, ref: str) -> str:
             raise CtlError(f'pod name "{ref}" is in several namespaces ({", ".join(sorted(namespaces))}): '
                            "say namespace/name")
         return max(by_name, key=lambda i: (i.metadata.attempt, i.created_at)).id
+    if len(by_prefix) == 1:
+        return by_prefix[0].id
     if len(by_prefix) > 1:
         raise CtlError(f'"{ref}" is the start of {len(by_prefix)} sandbox ids: give more of it')
     raise CtlError(f'no sandbox with id, id prefix or pod name "{ref}"')
@@ -74,15 +76,16 @@ def observe(report: dict[str, Any]) -> dict[str, Any]:
     if sb["state"] == "READY" and netns and os.path.exists(netns):
         now["pod"] = {"addresses": _ip(["addr", "show"], netns),
                       "routes": _ip(["route", "show"], netns) + _ip(["-6", "route", "show"], netns)}
-    confs = [_stdin_json(step) for step in run.get("steps", []) if step.get("kind") == "exec"]
+    confs = [_stdin_json(step) for step in run.get("steps", [])
+             if isinstance(step, dict) and step.get("kind") == "exec"]
     bridges, flannel = [], None
     for conf in confs:
         if conf.get("type") == "bridge":
-            bridges.append(conf.get("bridge") or "cni0")
+            bridges.append(str(conf.get("bridge") or "cni0"))
         elif conf.get("type") == "flannel":
             flannel = conf
-            delegate = conf.get("delegate") or {}
-            bridges.append(delegate.get("bridge") or "cni0")
+            delegate = conf.get("delegate") if isinstance(conf.get("delegate"), dict) else {}
+            bridges.append(str(delegate.get("bridge") or "cni0"))
     gateways = []
     for name in dict.fromkeys(bridges):
         gateways += [{"bridge": name, "address": f"{a['local']}/{a['prefixlen']}"}
@@ -96,17 +99,19 @@ def observe(report: dict[str, Any]) -> dict[str, Any]:
 
 
 def _flannel(conf: dict[str, Any], sandbox_id: str) -> dict[str, Any]:
-    subnet_file = conf.get("subnetFile") or FLANNEL_SUBNET_FILE
+    subnet_file = str(conf.get("subnetFile") or FLANNEL_SUBNET_FILE)
     out: dict[str, Any] = {"subnet_file": subnet_file}
     try:
         with open(subnet_file) as f:
             out["subnet_env"] = dict(line.strip().split("=", 1) for line in f if "=" in line)
     except OSError as exc:
         out["subnet_env_error"] = exc.strerror or str(exc)
-    saved = os.path.join(conf.get("dataDir") or FLANNEL_DATA_DIR, sandbox_id)
+    saved = os.path.join(str(conf.get("dataDir") or FLANNEL_DATA_DIR), sandbox_id)
     try:
         with open(saved) as f:
-            out["delegate"] = {"path": saved, "config": json.load(f)}
+            config = json.load(f)
+        if isinstance(config, dict):
+            out["delegate"] = {"path": saved, "config": config}
     except (OSError, ValueError):
         pass
     routes = _ip(["route", "show"])
@@ -123,10 +128,10 @@ def _ip(args: list[str], netns: str = "") -> list[dict[str, Any]]:
         return []
 
 
-def _stdin_json(step: dict[str, Any]) -> dict[str, Any]:
+def _stdin_json(step: Any) -> dict[str, Any]:
     try:
-        conf = json.loads(step.get("stdin", ""))
-    except ValueError:
+        conf = json.loads(step.get("stdin", "")) if isinstance(step, dict) else None
+    except (TypeError, ValueError):
         return {}
     return conf if isinstance(conf, dict) else {}
 
@@ -140,13 +145,13 @@ def render_text(report: dict[str, Any]) -> str:
                f"{sb['state']}, IP {ips}")
     if sb["host_network"]:
         out.append("  host network: the pod uses the node's own addresses; no CNI plugin ran")
-    for key in ("run", "stop"):
+    for key, op in (("run", "RunPodSandbox"), ("stop", "StopPodSandbox")):
         trace = report["trace"].get(key)
-        if trace:
+        if isinstance(trace, dict) and trace:
             out.append("")
             out += _render_trace(trace)
-    if not report["trace"]:
-        out.append("\nNo trace was recorded for this sandbox (made by an older cri-shim).")
+        elif key == "run" or sb["state"] != "READY":   # a ready pod has no stop yet
+            out.append(f"\nNo trace of its {op} (done by a cri-shim that kept none).")
     now = report["now"]
     if now:
         out.append("")
@@ -200,19 +205,23 @@ def _render_trace(trace: dict[str, Any]) -> list[str]:
             out.append("    (no .conf, .conflist or .json file there)")
         out.append(f"  CNI bin dirs     {':'.join(cfg.get('bin_dirs', []))}")
     for step in trace.get("steps", []):
-        at = f"+{step['at_ms']:7.1f} ms"
-        if step["kind"] == "netns":
-            out.append(f"  {at}  netns {step.get('action')} {step.get('path')} ({step['ms']:.1f} ms)")
+        if not isinstance(step, dict):
+            continue
+        at = f"+{float(step.get('at_ms', 0)):7.1f} ms"
+        took = float(step.get("ms", 0))
+        if step.get("kind") == "netns":
+            out.append(f"  {at}  netns {step.get('action')} {step.get('path')} ({took:.1f} ms)")
             continue
         net = f", network {step['network']}" if step.get("network") else ""
-        out.append(f"  {at}  {step['plugin']} {step['command']} {step.get('ifname', '')}{net}: "
-                   f"{step['outcome']} in {step['ms']:.1f} ms")
+        out.append(f"  {at}  {step.get('plugin', '?')} {step.get('command', '?')} {step.get('ifname', '')}{net}: "
+                   f"{step.get('outcome', '?')} in {took:.1f} ms")
         out.append(f"              exec {step.get('path')}")
-        out.append("              env  " + " ".join(f"{k}={v}" for k, v in step.get("env", {}).items()))
+        env = step.get("env") if isinstance(step.get("env"), dict) else {}
+        out.append("              env  " + " ".join(f"{k}={v}" for k, v in env.items()))
         out.append(f"              stdin  {_compact(step.get('stdin', ''))}")
         if step.get("output"):
             out.append(f"              output {_compact(step['output'])}")
-        delegate = _delegate_stdin(step.get("stderr", ""))
+        delegate = _delegate_stdin(str(step.get("stderr", "")))
         if delegate:
             out.append(f"              delegate ({delegate.get('type', '?')}) stdin "
                        f"{json.dumps(delegate, separators=(',', ':'))}")

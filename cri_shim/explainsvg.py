@@ -25,32 +25,35 @@ def render_svg(report: dict[str, Any]) -> str:
 
     for key in ("run", "stop"):
         trace = report["trace"].get(key)
-        if not trace:
+        if not isinstance(trace, dict) or not trace:
             continue
         op = trace.get("operation", key)
         messages.append(("kubelet", "cri-shim", op, False))
         for step in trace.get("steps", []):
-            at = f"+{step['at_ms']:.1f} ms"
-            if step["kind"] == "netns":
-                messages.append(("cri-shim", actor("netns"), f"{at} {step.get('action')} ({step['ms']:.1f} ms)", False))
+            if not isinstance(step, dict):
                 continue
-            plugin = actor(step["plugin"])
-            messages.append(("cri-shim", plugin, f"{at} {step['command']} {step.get('ifname', '')} "
-                             f"({step['ms']:.1f} ms)", False))
+            at, took = f"+{float(step.get('at_ms', 0)):.1f} ms", float(step.get("ms", 0))
+            if step.get("kind") == "netns":
+                messages.append(("cri-shim", actor("netns"), f"{at} {step.get('action')} ({took:.1f} ms)", False))
+                continue
+            plugin = actor(str(step.get("plugin", "?")))
+            command = step.get("command", "?")
+            messages.append(("cri-shim", plugin, f"{at} {command} {step.get('ifname', '')} "
+                             f"({took:.1f} ms)", False))
             ipam, delegate = _ipam_type(step)
             ips = _ips(step.get("output", ""))
             runner = plugin
             if delegate:   # flannel: its delegate (bridge) runs the IPAM
                 runner = actor(f"{delegate} (delegate)")
-                messages.append((plugin, runner, f"{step['command']} (run by {step['plugin']})", True))
+                messages.append((plugin, runner, f"{command} (run by {plugin})", True))
             if ipam:
                 name = actor(f"IPAM ({ipam})")
-                messages.append((runner, name, f"{step['command']} (run by {runner.split()[0]})", True))
+                messages.append((runner, name, f"{command} (run by {runner.split()[0]})", True))
                 if ips:
                     messages.append((name, runner, ", ".join(ips), True))
             if runner != plugin:
-                messages.append((runner, plugin, ", ".join(ips) if ips else step["outcome"], True))
-            reply = ", ".join(ips) if ips else step["outcome"]
+                messages.append((runner, plugin, ", ".join(ips) if ips else str(step.get("outcome")), True))
+            reply = ", ".join(ips) if ips else str(step.get("outcome"))
             messages.append((plugin, "cri-shim", reply, True))
         outcome = trace.get("outcome") or {}
         done = f"{trace.get('ms', 0):.1f} ms"
@@ -95,7 +98,7 @@ def _ipam_type(step: dict[str, Any]) -> tuple[str, str]:
     config), and the delegate between them (flannel's)."""
     try:
         conf = json.loads(step.get("stdin", ""))
-    except ValueError:
+    except (TypeError, ValueError):
         return "", ""
     if not isinstance(conf, dict):
         return "", ""
@@ -110,7 +113,7 @@ def _ipam_type(step: dict[str, Any]) -> tuple[str, str]:
 def _ips(output: str) -> list[str]:
     try:
         result = json.loads(output)
-    except ValueError:
+    except (TypeError, ValueError):
         return []
     if not isinstance(result, dict):
         return []

@@ -248,10 +248,11 @@ class SandboxManager:
                               networks=planned)
         rec = entry.record = rec.replace(pod_env=self.pod_env is not None)
         self.store.put(rec)   # the intent, before anything is made
-        trace = self.recorder.begin(rec.id, Trace("RunPodSandbox", self._config_seen(rec),
-                                                  {n.ifname: n.name for n in planned}))
+        trace = Trace("RunPodSandbox", networks={n.ifname: n.name for n in planned})
         ips: list[str] = []
         try:
+            trace.data["config"] = self._config_seen(rec)
+            self.recorder.begin(rec.id, trace)
             if not rec.host_network:
                 started = time.monotonic()
                 self._netns.pin(rec.netns_path, loopback_up=self.config.cni.use_internal_loopback)
@@ -280,10 +281,13 @@ class SandboxManager:
                                 trace={"run": trace.finish(ips=ips)})
             self.store.put(ready)   # a sandbox not on disk must not exist: undone below
         except BaseException as exc:
-            self.recorder.end(rec.id)
-            # Kept only if the undo fails too (the sandbox then stays, NOTREADY).
+            # Kept only if the undo fails too (the sandbox then stays, NOTREADY); the
+            # undo's own DELs are recorded into it as they run.
             entry.record = entry.record.replace(trace={"run": trace.finish(error=str(exc) or type(exc).__name__)})
-            self._undo(entry, entry.record)
+            try:
+                self._undo(entry, entry.record)
+            finally:
+                self.recorder.end(rec.id)
             if isinstance(exc, libcni.CNIError):
                 raise NetworkError(f'failed to set up network for sandbox "{rec.id}"', exc) from exc
             raise

@@ -15,7 +15,9 @@ as in containerd):
   scraped;
 - the process' own (``process_resident_memory_bytes``, open fds, CPU seconds).
 
-Each server has a registry of its own, so tests can run several in one process.
+Each server has a registry of its own; the hooks it listens on (``cri_shim.rpc``'s and
+libcni's observers) are the process', so one process serves one server's metrics.
+Unary calls only: the GetContainerEvents stream is not counted.
 """
 
 from __future__ import annotations
@@ -90,9 +92,14 @@ class Metrics:
 
     # -- the observers -----------------------------------------------------------------
 
+    def _labels(self, method: str) -> tuple[str, str, str]:
+        return ("unary", self._services.get(method, "crishim.v1.Admin"), method)
+
+    def observe_start(self, method: str) -> None:
+        self.started.labels(*self._labels(method)).inc()
+
     def observe_rpc(self, method: str, code: grpc.StatusCode, seconds: float) -> None:
-        labels = ("unary", self._services.get(method, "crishim.v1.Admin"), method)
-        self.started.labels(*labels).inc()
+        labels = self._labels(method)
         self.handled.labels(*labels, _code_name(code)).inc()
         if self.handling is not None:
             self.handling.labels(*labels).observe(seconds)
@@ -109,6 +116,7 @@ class Metrics:
     def start(self) -> None:
         """Observe calls and execs; serve on the configured address, if any."""
         rpc.observers.append(self.observe_rpc)
+        rpc.start_observers.append(self.observe_start)
         libcni.add_observer(self.observe_plugin)
         if not self.settings.address:
             return
@@ -126,6 +134,8 @@ class Metrics:
     def stop(self) -> None:
         if self.observe_rpc in rpc.observers:
             rpc.observers.remove(self.observe_rpc)
+        if self.observe_start in rpc.start_observers:
+            rpc.start_observers.remove(self.observe_start)
         libcni.remove_observer(self.observe_plugin)
         if self._server is not None:
             self._server.shutdown()
@@ -134,8 +144,13 @@ class Metrics:
 
 
 def _code_name(code: grpc.StatusCode) -> str:
-    """go-grpc-prometheus' spelling of a code: ``OK``, ``NotFound``, ``DeadlineExceeded``."""
-    return "".join(part.capitalize() for part in code.name.split("_")) if code.name != "OK" else "OK"
+    """go-grpc-prometheus' spelling of a code (Go's ``codes.Code.String()``): ``OK``,
+    ``NotFound``, ``DeadlineExceeded``, ``Canceled`` (one L)."""
+    if code == grpc.StatusCode.OK:
+        return "OK"
+    if code == grpc.StatusCode.CANCELLED:
+        return "Canceled"
+    return "".join(part.capitalize() for part in code.name.split("_"))
 
 
 def _split(address: str) -> tuple[str, int]:

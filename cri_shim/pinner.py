@@ -254,9 +254,14 @@ class Pinner:
         """Kill the helper (the next request starts a fresh one) and undo whatever
         half of its last request was done. Called under the lock."""
         assert self._proc is not None
-        self._proc.kill()
-        self._proc.wait()
-        self._proc = None
+        proc, self._proc = self._proc, None
+        proc.kill()
+        try:
+            proc.wait(timeout=2)
+        except subprocess.TimeoutExpired:
+            # Stuck in the kernel (what wedged it, likely): reaped whenever it goes,
+            # not under the lock every pin waits for.
+            threading.Thread(target=proc.wait, daemon=True, name="pinner-reaper").start()
         undo()
 
     def sysctl(self, kind: str, path: str, key: str, value: str) -> None:

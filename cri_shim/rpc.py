@@ -13,7 +13,7 @@ import grpc
 from .api import api_pb2 as pb
 from .errors import grpc_status, is_bug
 
-__all__ = ["RUNTIME_NAME", "rpc", "deadline", "answer_unimplemented", "observers"]
+__all__ = ["RUNTIME_NAME", "rpc", "deadline", "answer_unimplemented", "observers", "start_observers"]
 
 log = logging.getLogger("cri_shim.server")
 
@@ -22,6 +22,7 @@ RUNTIME_NAME = "cri-shim"
 # Called after every call as fn(method, code, seconds), from the call's thread: the
 # metrics hang here; nothing in this module knows them.
 observers: list[Callable[[str, grpc.StatusCode, float], None]] = []
+start_observers: list[Callable[[str], None]] = []   # fn(method), as a call begins
 
 
 def _observe(method: str, code: grpc.StatusCode, seconds: float) -> None:
@@ -39,6 +40,11 @@ def rpc(method: Callable[..., Any]) -> Callable[..., Any]:
     @functools.wraps(method)
     def wrapper(self: Any, request: Any, context: grpc.ServicerContext) -> Any:
         start = time.perf_counter()
+        for fn in start_observers:
+            try:
+                fn(name)
+            except Exception:
+                log.exception("rpc start observer %r", fn)
         sandbox = getattr(request, "pod_sandbox_id", "")
         try:
             reply = method(self, request, context)
@@ -95,6 +101,8 @@ def answer_unimplemented(servicer: type, service: str) -> None:
 def _not_implemented(service: str, method: str) -> Callable[..., Any]:
     def handler(self: Any, request: Any, context: grpc.ServicerContext) -> Any:
         log.info("cri %s code=UNIMPLEMENTED", method)
+        for fn in start_observers:
+            fn(method)
         _observe(method, grpc.StatusCode.UNIMPLEMENTED, 0.0)
         context.abort(grpc.StatusCode.UNIMPLEMENTED,
                       f"/{service}/{method} is not implemented by {RUNTIME_NAME}")

@@ -88,7 +88,8 @@ class SandboxRecord:
     def from_json(cls, d: dict[str, Any]) -> "SandboxRecord":
         if d.get("schema_version") != SCHEMA_VERSION:
             raise ValueError(f"unsupported schema_version {d.get('schema_version')!r}")
-        d = {k: v for k, v in d.items() if k != "schema_version"}
+        # Keys this version does not know (a newer one's, say) are dropped, not fatal.
+        d = {k: v for k, v in d.items() if k in _RECORD_FIELDS}
         d["networks"] = tuple(PlannedNetwork.from_json(n) for n in d.get("networks", ()))
         if d.get("state") not in STATES:
             raise ValueError(f"unknown state {d.get('state')!r}")

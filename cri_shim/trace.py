@@ -15,12 +15,15 @@ command, the CNI_* environment, the stdin as the plugin got it and what it print
 (and its stderr, when it wrote any: flannel writes there the config it gave its
 delegate).
 
-Bounded: at most ``MAX_STEPS`` steps (the rest counted in ``dropped_steps``) and
-``MAX_TEXT`` characters of each stdin and output (cut in the middle, marked).
+Bounded: at most ``MAX_STEPS`` steps (the rest counted in ``dropped_steps``),
+``MAX_TEXT`` characters of each stdin, output and stderr (cut in the middle, marked;
+bytes that are not UTF-8 kept as ``\\xNN``), and ``MAX_BYTES`` of JSON in all (texts of
+the latest steps dropped first).
 """
 
 from __future__ import annotations
 
+import json
 import os
 import threading
 import time
@@ -33,10 +36,11 @@ __all__ = ["Trace", "Recorder", "MAX_STEPS", "MAX_TEXT", "conf_dir_files"]
 
 MAX_STEPS = 48
 MAX_TEXT = 4096
+MAX_BYTES = 64 << 10   # the whole trace as JSON; beyond it texts are dropped, latest first
 
 
 def _cut(data: bytes) -> str:
-    text = data.decode("utf-8", "replace")
+    text = data.decode("utf-8", "backslashreplace")
     if len(text) <= MAX_TEXT:
         return text
     keep = MAX_TEXT // 2
@@ -76,7 +80,8 @@ class Trace:
                   "outcome": record.outcome}
         if record.stderr.strip():
             detail["stderr"] = _cut(record.stderr)
-        self.cost += time.perf_counter() - t
+        with self._lock:
+            self.cost += time.perf_counter() - t
         self.step("exec", record.started, record.duration, **detail)
 
     def finish(self, **outcome: Any) -> dict[str, Any]:
@@ -86,9 +91,23 @@ class Trace:
             self.data["outcome"].update(outcome)
             self.data["ms"] = round((time.monotonic() - self.t0) * 1e3, 2)
             self.data["steps"].sort(key=lambda s: s["at_ms"])
+            _fit(self.data)
             self.cost += time.perf_counter() - t
             self.data["recording_ms"] = round(self.cost * 1e3, 3)
             return self.data
+
+
+def _fit(data: dict[str, Any]) -> None:
+    """Keep *data* under ``MAX_BYTES`` of JSON: drop the texts of the latest steps
+    first (the early ones say how it began), marking each."""
+    if len(json.dumps(data)) <= MAX_BYTES:
+        return
+    for step in reversed(data["steps"]):
+        for key in ("stderr", "output", "stdin"):
+            if key in step:
+                step[key] = f"[dropped: the trace is kept under {MAX_BYTES} bytes]"
+        if len(json.dumps(data)) <= MAX_BYTES:
+            return
 
 
 class Recorder:

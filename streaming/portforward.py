@@ -9,10 +9,11 @@ WebSocket (``v4.channel.k8s.io``, ``v4.base64.channel.k8s.io`` or none): the por
 the ``port`` query parameters, two channels each (data, error), and the server first
 writes the port, 2 bytes little-endian, on both.
 
-The end of a forwarded connection, as containerd's: when the pod closes, the client's
-stream ends at once; when the client finishes sending, the pod gets the half-close
-and ``HALF_CLOSE_GRACE`` seconds to finish its answer, then both sides are closed (a
-pod that never closes cannot hold the connection forever).
+The end of a forwarded connection: when the client finishes sending, the pod gets the
+half-close and ``HALF_CLOSE_GRACE`` seconds to finish its answer, then both sides are
+closed, as containerd does (a pod that never closes cannot hold the connection
+forever); when the pod closes, the client's stream ends at once (containerd waits up
+to the same second for the client's side first).
 """
 
 from __future__ import annotations
@@ -101,8 +102,8 @@ def _pod_to_client(conn: socket.socket, data: Any, client_done: threading.Event)
     deadline = None
     while True:
         if deadline is None and client_done.is_set():
-            deadline = time.monotonic() + HALF_CLOSE_GRACE
-        wait = 1.0 if deadline is None else max(0.0, deadline - time.monotonic())
+            deadline = client_done.at + HALF_CLOSE_GRACE   # type: ignore[attr-defined]
+        wait = 0.1 if deadline is None else max(0.0, deadline - time.monotonic())
         if not poller.poll(wait * 1000):
             if deadline is not None and time.monotonic() >= deadline:
                 log.debug("portforward: the pod did not close %.0f s after the client", HALF_CLOSE_GRACE)
@@ -122,6 +123,7 @@ def _client_to_pod(data: Any, conn: socket.socket, done: threading.Event) -> Non
                 # The client is done sending: say so; if it is gone altogether (a
                 # reset, the connection's end), end the pod's side too.
                 conn.shutdown(socket.SHUT_RDWR if _gone(data) else socket.SHUT_WR)
+                done.at = time.monotonic()   # type: ignore[attr-defined]
                 done.set()
                 return
             conn.sendall(chunk)

@@ -31,8 +31,8 @@ __all__ = ["StreamConfig", "ExecRequest", "AttachRequest", "PortForwardRequest",
 log = logging.getLogger(__name__)
 
 MAX_HEAD = 64 << 10
-HEAD_TIMEOUT = 30.0   # seconds for the whole request head (and the TLS handshake)
-MAX_UNCHECKED = 64    # connections at once whose token is not yet checked; more are closed
+HEAD_TIMEOUT = 10.0   # seconds for the whole request head (and the TLS handshake)
+MAX_UNCHECKED = 64    # connections at once whose token is not yet checked; the oldest goes
 LINGER = 2.0          # seconds to wait for the client to close after our goodbye
 TUNNEL = "SPDY/3.1+portforward.k8s.io"   # client-go's SPDY-over-WebSocket port forward
 
@@ -98,7 +98,7 @@ class StreamServer:
         self._closing = threading.Event()
         self._conns: set[socket.socket] = set()
         self._lock = threading.Lock()
-        self._unchecked = threading.BoundedSemaphore(MAX_UNCHECKED)
+        self._unchecked: dict[socket.socket, None] = {}   # oldest first
 
     # -- lifecycle --------------------------------------------------------------------
 
@@ -164,13 +164,22 @@ class StreamServer:
     def _connection(self, conn: socket.socket) -> None:
         with self._lock:
             self._conns.add(conn)
-        unchecked = self._unchecked.acquire(blocking=False)
+        # Anyone who can reach the port gets this far: the connections that have not
+        # shown a token yet are held to MAX_UNCHECKED, and when a new one comes the
+        # oldest goes (a real client sends its request at once; an idle flood cannot
+        # lock it out).
+        with self._lock:
+            self._unchecked[conn] = None
+            evict = next(iter(self._unchecked)) if len(self._unchecked) > MAX_UNCHECKED else None
+        if evict is not None:
+            log.info("streaming: %d connections without a request yet: closing the oldest",
+                     MAX_UNCHECKED)
+            self._drop_unchecked(evict)
+            try:
+                evict.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
         try:
-            if not unchecked:
-                # Anyone who can reach the port gets this far: the ones that have not
-                # shown a token yet are held to MAX_UNCHECKED at once.
-                log.info("streaming: %d connections without a request yet, closing one", MAX_UNCHECKED)
-                return
             try:
                 # The TLS handshake, when there is TLS, and the request head within
                 # HEAD_TIMEOUT together.
@@ -182,9 +191,11 @@ class StreamServer:
                     with self._lock:
                         self._conns.discard(raw)
                         self._conns.add(conn)
+                        if self._unchecked.pop(raw, False) is None:   # not evicted meanwhile
+                            self._unchecked[conn] = None
                 head = _read_head(conn, deadline)
             finally:
-                self._unchecked.release()
+                self._drop_unchecked(conn)
             if head is not None:
                 self._route(conn, head)
         except (OSError, ssl.SSLError, h11.RemoteProtocolError) as exc:
@@ -198,6 +209,10 @@ class StreamServer:
                 conn.close()
             except OSError:
                 pass
+
+    def _drop_unchecked(self, conn: socket.socket) -> None:
+        with self._lock:
+            self._unchecked.pop(conn, None)
 
     def _route(self, conn: socket.socket, head: _Head) -> None:
         log.debug("streaming: %s %s upgrade=%r protocols=%r", head.method, head.path,

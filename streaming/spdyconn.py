@@ -32,7 +32,7 @@ __all__ = ["Transport", "Stream", "Connection", "StreamClosed", "STREAM_BUFFER",
 log = logging.getLogger(__name__)
 
 STREAM_BUFFER = 1 << 20
-MAX_STREAMS = 256   # open streams per session (128 forwarded connections); more are refused
+MAX_STREAMS = 128   # open streams per session (64 forwarded connections); more are refused
 REPLY_WAIT = 10.0   # seconds a writer waits for the stream's SYN_REPLY to be sent
 
 

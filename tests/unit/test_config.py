@@ -196,5 +196,5 @@ def test_grpc_code_names_as_go_grpc_prometheus() -> None:
 
     from cri_shim.metrics import _code_name
     assert [_code_name(c) for c in (grpc.StatusCode.OK, grpc.StatusCode.NOT_FOUND,
-                                    grpc.StatusCode.DEADLINE_EXCEEDED)] == ["OK", "NotFound",
-                                                                            "DeadlineExceeded"]
+                                    grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.CANCELLED)] == [
+        "OK", "NotFound", "DeadlineExceeded", "Canceled"]

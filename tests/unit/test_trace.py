@@ -32,8 +32,19 @@ def test_steps_and_texts_are_bounded() -> None:
     stdin = data["steps"][0]["stdin"]
     assert len(stdin) < tr.MAX_TEXT + 100 and f"[{tr.MAX_TEXT * 2} characters cut]" in stdin
     assert data["steps"][0]["env"] == {"CNI_COMMAND": "ADD", "CNI_IFNAME": "eth0"}   # CNI_* only
-    assert len(json.dumps(data)) < 2 * tr.MAX_STEPS * tr.MAX_TEXT
+    assert len(json.dumps(data)) <= tr.MAX_BYTES               # the whole trace, too
+    assert data["steps"][0]["stdin"].startswith("x")           # the early steps keep their texts
+    assert data["steps"][-1]["stdin"].startswith("[dropped: the trace is kept under")
     assert data["recording_ms"] >= 0
+
+
+def test_binary_output_cannot_blow_the_trace_up() -> None:
+    t = tr.Trace("RunPodSandbox")
+    for _ in range(tr.MAX_STEPS):
+        t.exec_step(exec_record("s", stdout=bytes(range(128, 256)) * 200, stderr=b"\xff" * 9000))
+    data = t.finish()
+    assert len(json.dumps(data)) <= tr.MAX_BYTES
+    assert "\\x80" in data["steps"][0]["output"]               # not UTF-8: kept as \xNN
 
 
 def test_recorder_routes_execs_to_their_sandbox_only() -> None:
@@ -117,3 +128,21 @@ def test_resolve_by_id_prefix_name_and_namespace() -> None:
         resolve(c, "abc")
     with pytest.raises(CtlError, match='no sandbox with id, id prefix or pod name "zzz"'):
         resolve(c, "zzz")
+
+
+def test_a_name_wins_over_an_id_prefix() -> None:
+    c = _client(("cafe" + "1" * 60, "web", "default", 0), ("dddd" + "0" * 60, "cafe", "default", 0))
+    assert resolve(c, "cafe").startswith("dddd")
+
+
+def test_malformed_traces_are_shown_not_crashed_on() -> None:
+    report = _flannel_report()
+    report["trace"]["run"]["steps"] += [{"kind": "exec"}, "not a step", {"kind": "netns"},
+                                        {"kind": "exec", "stdin": json.dumps({"type": "flannel",
+                                                                              "delegate": "nope"})}]
+    report["trace"]["stop"] = {"steps": [{}]}
+    text = render_text(report)
+    assert "? ? : ? in 0.0 ms" in text                         # an exec step with nothing in it
+    assert render_svg(report).startswith("<svg")
+    old = dict(report, trace={})
+    assert "No trace of its RunPodSandbox" in render_text(old)

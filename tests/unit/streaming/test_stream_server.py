@@ -373,23 +373,26 @@ def test_websocket_frames_in_the_same_packet_as_the_head(server: StreamServer) -
     assert accepted and got == b"early\n" and closed
 
 
-def test_connections_without_a_request_are_capped(runtime: FakeRuntime, monkeypatch) -> None:
+def test_connections_without_a_request_are_capped_oldest_out(runtime: FakeRuntime, monkeypatch) -> None:
     from streaming import server as srv
     monkeypatch.setattr(srv, "MAX_UNCHECKED", 3)
     s = StreamServer(runtime, StreamConfig())
     s.start()
     try:
         host, port = s._sock.getsockname()[:2]
-        idle = [socket.create_connection((host, port), timeout=5) for _ in range(3)]
-        time.sleep(0.3)
-        extra = socket.create_connection((host, port), timeout=5)
-        assert extra.recv(10) == b""            # closed at once: three wait already
-        extra.close()
-        idle.pop().close()
-        time.sleep(0.3)
+        idle = []
+        for _ in range(3):
+            idle.append(socket.create_connection((host, port), timeout=5))
+            time.sleep(0.1)
+        # A real client comes while three idle ones wait: the oldest idle one goes,
+        # the client is served.
         c = SpdyClient(s.get_exec(ExecRequest("c1", ("echo", "hi"), stdout=True)))
-        assert c.command(stderr=False)["stdout"] == b"hi\n"   # a place was free again
+        assert c.command(stderr=False)["stdout"] == b"hi\n"
         c.close()
+        assert idle[0].recv(10) == b""               # the oldest was closed
+        idle[1].settimeout(0.3)
+        with pytest.raises(TimeoutError):
+            idle[1].recv(10)                         # the others still wait
         for sock in idle:
             sock.close()
     finally:
