@@ -8,8 +8,9 @@
 FROM debian:bookworm-slim
 
 # What the runtime runs: runc (and crun), conmon, catatonit (a pod's PID 1), the CNI
-# plugins (in /usr/lib/cni, and linked into /opt/cni/bin for kubeadm-style nodes),
-# iproute2/iptables/util-linux for the plugins and the netns pinning fallback.
+# plugins (in /usr/lib/cni; the config also looks in /opt/cni/bin, where a node's
+# own plugins are mounted), iproute2/iptables/util-linux for the plugins and the
+# netns pinning fallback.
 RUN apt-get update \
  && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends \
       python3 python3-venv runc crun conmon catatonit containernetworking-plugins \
