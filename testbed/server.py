@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -176,6 +177,17 @@ state = "{self.state}"
         """The veths in the node namespace (each pod on a bridge has one)."""
         return self.node.veths()
 
+    def pod_chains(self) -> list[str]:
+        """iptables chains the plugins made for one pod and left in the node (bridge's
+        ipMasq ``CNI-<hash>``, portmap's ``CNI-DN-<hash>``; the shared
+        ``CNI-HOSTPORT-*`` chains stay by design)."""
+        out = []
+        for table in ("nat", "filter"):
+            proc = subprocess.run(["nsenter", f"--net={self.node.path}", "iptables-save", "-t", table],
+                                  capture_output=True, text=True)
+            out += [f"{table}:{m}" for m in re.findall(r"^:(CNI-(?:DN-)?[0-9a-f]{16,})\s", proc.stdout, re.M)]
+        return out
+
     def state_files(self) -> list[str]:
         d = self.root / "sandboxes"
         return sorted(p.name for p in d.iterdir()) if d.exists() else []
@@ -248,12 +260,14 @@ state = "{self.state}"
     def leftovers(self, network: str = "") -> dict[str, list]:
         """Everything the server's pods and containers left: netns, veths in the node,
         records, libcni cache files, (for *network*) host-local's IP files, mounts,
-        runtime state, conmon processes, cgroups and container files."""
+        runtime state, conmon processes, cgroups, container files and the plugins'
+        per-pod iptables chains."""
         found: dict[str, list] = {
             "netns": self.pinned(), "veth": self.veths(), "state": self.state_files(),
             "cache": self.cache_files(), "mounts": self.mounts(),
             "runtime": self.runtime_states(), "monitors": self.monitors(),
-            "cgroups": self.container_cgroups(), "containers": self.container_files()}
+            "cgroups": self.container_cgroups(), "containers": self.container_files(),
+            "iptables": self.pod_chains()}
         if network:
             found["ip"] = self.ip_files(network)
         return {k: v for k, v in found.items() if v}
