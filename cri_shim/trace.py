@@ -100,7 +100,10 @@ class Trace:
 def _fit(data: dict[str, Any]) -> None:
     """Keep *data* under ``MAX_BYTES`` of JSON: drop the texts of the latest steps
     first (the early ones say how it began), marking each."""
-    if len(json.dumps(data)) <= MAX_BYTES:
+    # Most traces are a few kilobytes: sized without encoding them (a text's JSON is
+    # at most 6 bytes a character; each step's other fields well under 2 KiB).
+    texts = sum(len(step.get(k, "")) for step in data["steps"] for k in ("stdin", "output", "stderr"))
+    if 6 * texts + 2048 * (len(data["steps"]) + 1) <= MAX_BYTES or len(json.dumps(data)) <= MAX_BYTES:
         return
     for step in reversed(data["steps"]):
         for key in ("stderr", "output", "stdin"):

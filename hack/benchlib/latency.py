@@ -103,11 +103,13 @@ def _shim_delete(ctx: Context, sandbox_id: str, out: dict[str, Any]) -> dict[str
     # trace says; outside every timed window).
     reply = ctx.shim.runtime.PodSandboxStatus(
         pb.PodSandboxStatusRequest(pod_sandbox_id=sandbox_id, verbose=True), timeout=60)
-    recording = json.loads(reply.info["info"])["trace"]["run"]["recording_ms"] / 1e3
+    trace = json.loads(reply.info["info"]).get("trace")   # (a --shim-src without traces)
     t_stop = ctx.shim.stop_sandbox(sandbox_id)
     t_remove = ctx.shim.remove(sandbox_id)
-    return {"stop": t_stop, "remove": t_remove, "stop_remove": t_stop + t_remove,
-            "trace_recording": recording}
+    out = {"stop": t_stop, "remove": t_remove, "stop_remove": t_stop + t_remove}
+    if trace:
+        out["trace_recording"] = trace["run"]["recording_ms"] / 1e3
+    return out
 
 
 def _raw_delete(ctx: Context, sandbox_id: str, out: dict[str, Any]) -> dict[str, Any]:
