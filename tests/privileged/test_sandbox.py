@@ -132,6 +132,66 @@ def test_crash_during_add_is_undone_on_next_start(shim: Shim) -> None:
     assert shim.leftovers("testnet") == {}
 
 
+@pytest.mark.parametrize("delay", [0.0, 0.0005, 0.002])
+def test_crash_as_the_netns_is_pinned(shim: Shim, delay: float) -> None:
+    """kill -9 the moment the pod's netns appears (before or as the first plugin
+    starts): the next start unpins it and releases whatever a plugin took."""
+    shim.write_conf("10-test.conflist", bridge_conflist(
+        "testnet", SUBNET, shim.ipam_dir, portmap=False, extra=[{"type": "shim-test", "sleepOnAdd": 5}]))
+    shim.start()
+    running = shim.runtime.RunPodSandbox.future(pb.RunPodSandboxRequest(config=pod_config("early")))
+    deadline = time.monotonic() + 20
+    while not shim.pinned():
+        assert time.monotonic() < deadline, shim.log_tail()
+    time.sleep(delay)
+    assert shim.proc is not None
+    shim.proc.send_signal(signal.SIGKILL)
+    shim.proc.wait()
+    running.cancel()
+    subprocess.run(["pkill", "-f", "shim-test"], check=False)   # a sleeping ADD, if it got that far
+    shim.proc = None
+    shim.start()
+    assert shim.runtime.ListPodSandbox(pb.ListPodSandboxRequest()).items == []
+    assert shim.leftovers("testnet") == {}
+
+
+# (after the last ADD: the record is written 5-10 ms later on this machine, so the
+# delays below land on both sides of it)
+@pytest.mark.parametrize("delay", [0.0, 0.002, 0.005, 0.01, 0.02, 0.05])
+def test_crash_after_the_last_add_before_the_record(shim: Shim, delay: float) -> None:
+    """kill -9 just after the chain's last plugin answered (the result being cached,
+    the record not yet written, at a few delays): after the restart the sandbox is
+    whole and READY with its IP, or undone with nothing left; never half."""
+    marks = shim.work / "marks"
+    marks.mkdir()
+    shim.write_conf("10-test.conflist", bridge_conflist(
+        "testnet", SUBNET, shim.ipam_dir, portmap=False,
+        extra=[{"type": "shim-test", "markAddDone": str(marks)}]))
+    shim.start()
+    running = shim.runtime.RunPodSandbox.future(pb.RunPodSandboxRequest(config=pod_config("late")))
+    deadline = time.monotonic() + 20
+    while not any(marks.iterdir()):
+        assert time.monotonic() < deadline, shim.log_tail()
+    time.sleep(delay)
+    assert shim.proc is not None
+    shim.proc.send_signal(signal.SIGKILL)
+    shim.proc.wait()
+    running.cancel()
+    shim.proc = None
+    shim.start()
+    items = shim.runtime.ListPodSandbox(pb.ListPodSandboxRequest()).items
+    print(f"after a kill {delay * 1e3:.0f} ms past the last ADD: "
+          f"{'whole and READY' if items else 'undone'}")
+    if items:
+        (item,) = items
+        st = status(shim, item.id).status
+        assert st.state == pb.SANDBOX_READY and st.network.ip, st
+        assert shim.ip_files("testnet") == [st.network.ip]
+        shim.runtime.StopPodSandbox(pb.StopPodSandboxRequest(pod_sandbox_id=item.id))
+        shim.runtime.RemovePodSandbox(pb.RemovePodSandboxRequest(pod_sandbox_id=item.id))
+    assert shim.leftovers("testnet") == {}
+
+
 def test_crash_during_del_is_finished_by_the_next_stop(shim: Shim) -> None:
     """kill -9 while a plugin's DEL runs (before bridge's DEL: DELs run last plugin
     first): after the restart the sandbox is still listed, still holds its IP, and
