@@ -371,10 +371,14 @@ class SandboxManager:
         self.stop_containers(rec.id, deadline)
         if rec.state == NOTREADY and not rec.networks and not rec.pid_init:
             return
+        repeated = rec.teardown_started   # a stop (or the undo) began before and did not end
+        if not repeated and rec.networks:
+            rec = entry.record = rec.replace(teardown_started=True)
+            self.store.put(rec)
         trace = self.recorder.begin(rec.id, Trace("StopPodSandbox",
                                                   networks={n.ifname: n.name for n in rec.networks}))
         try:
-            self._teardown(rec, deadline, trace)
+            self._teardown(rec, deadline, trace, repeated=repeated)
         except BaseException as exc:
             entry.record = rec.replace(trace={**rec.trace, "stop": trace.finish(
                 error=str(exc) or type(exc).__name__)})
@@ -382,12 +386,12 @@ class SandboxManager:
         finally:
             self.recorder.end(rec.id)
         entry.record = rec.replace(state=NOTREADY, networks=(), results={}, pid_init=None,
-                                   trace={**rec.trace, "stop": trace.finish()})
+                                   teardown_started=False, trace={**rec.trace, "stop": trace.finish()})
         self.store.put(entry.record)
         log.info("sandbox %s stopped", rec.id[:12])
 
     def _teardown(self, rec: SandboxRecord, deadline: float | None = None,
-                  trace: Trace | None = None) -> None:
+                  trace: Trace | None = None, *, repeated: bool = False) -> None:
         """Kill the PID namespace's init, DEL the planned networks (best effort), then
         unpin the netns and release the pod's other namespaces and /dev/shm.
 
@@ -400,7 +404,8 @@ class SandboxManager:
             spec = _network_spec_from_record(rec)
             netns = rec.netns_path if self._netns.is_pinned(rec.netns_path) else ""
             try:
-                self.network.teardown(rec.networks, spec, rec.id, netns, deadline=deadline)
+                self.network.teardown(rec.networks, spec, rec.id, netns, deadline=deadline,
+                                      repeated=repeated)
             except libcni.CNIError as exc:
                 raise NetworkError(f'failed to destroy network for sandbox "{rec.id}"', exc) from exc
         if rec.netns_path:

@@ -15,10 +15,13 @@ effect for the next pod without a restart.
 from __future__ import annotations
 
 import functools
+import hashlib
 import ipaddress
 import json
 import logging
 import os
+import shlex
+import subprocess
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -203,7 +206,8 @@ class PodNetwork:
         return outcomes  # type: ignore[return-value]
 
     def teardown(self, planned: Sequence[PlannedNetwork], spec: PodNetworkSpec,
-                 sandbox_id: str, netns: str, *, deadline: float | None = None) -> None:
+                 sandbox_id: str, netns: str, *, deadline: float | None = None,
+                 repeated: bool = False) -> None:
         """DEL every planned network, best effort: all are tried, the first error raised.
 
         Networks are independent, so they are detached concurrently as they were
@@ -219,7 +223,10 @@ class PodNetwork:
         def delete(net: PlannedNetwork) -> None:
             rt = libcni.RuntimeConf(container_id=sandbox_id, netns=netns, ifname=net.ifname,
                                  args=args, capability_args=caps)
-            self._cni.del_network_list(_parse(net), rt, deadline=deadline, ignore=gone)
+            conflist = _parse(net)
+            self._cni.del_network_list(conflist, rt, deadline=deadline, ignore=gone)
+            if repeated:
+                remove_masq_chain(conflist, sandbox_id)
 
         first: BaseException | None = None
         for net, outcome in zip(planned, self._each(planned, delete).values()):
@@ -280,6 +287,38 @@ class PodNetwork:
                 self._cni.gc_network_list(net, keep)
             except libcni.CNIError as exc:
                 log.warning("GC of network %s: %s", net.name, exc)
+
+
+def masq_chain(network: str, sandbox_id: str) -> str:
+    """The nat chain the bridge plugin makes for a pod with ``ipMasq`` (the plugins'
+    ``utils.FormatChainName``: ``CNI-`` and 24 hex digits of sha512(name + id))."""
+    return "CNI-" + hashlib.sha512((network + sandbox_id).encode()).hexdigest()[:24]
+
+
+def remove_masq_chain(net: libcni.NetworkConfigList, sandbox_id: str) -> None:
+    """After a repeated DEL (the first was cut by a crash), remove the ipMasq chain
+    of the network's bridge plugin if it is still there: bridge deletes the pod's
+    veth before its masquerade rules, and a DEL run again no longer finds the
+    addresses those rules are keyed on, so it leaves them. Only what can be named for
+    sure from our own record (the network's name and our sandbox id) is removed."""
+    if not any(p.type == "bridge" and p.raw.get("ipMasq") for p in net.plugins):
+        return
+    chain = masq_chain(net.name, sandbox_id)
+    for tool in ("iptables", "ip6tables"):
+        try:
+            dump = subprocess.run([tool, "-t", "nat", "-S"], capture_output=True, text=True, timeout=30)
+        except (OSError, subprocess.TimeoutExpired):
+            continue
+        if dump.returncode != 0 or f"-N {chain}" not in dump.stdout.split("\n"):
+            continue
+        jumps = [line for line in dump.stdout.splitlines()
+                 if line.startswith("-A ") and line.split()[-2:] == ["-j", chain]]
+        for rule in jumps:
+            subprocess.run([tool, "-t", "nat", "-D", *shlex.split(rule)[1:]], capture_output=True, timeout=30)
+        for flag in ("-F", "-X"):
+            subprocess.run([tool, "-t", "nat", flag, chain], capture_output=True, timeout=30)
+        log.warning("sandbox %s: removed %s's masquerade chain %s, which bridge's repeated DEL "
+                    "left", sandbox_id[:12], net.name, chain)
 
 
 def already_gone(err: libcni.CNIError, *, netns: str) -> bool:

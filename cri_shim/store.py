@@ -67,6 +67,7 @@ class SandboxRecord:
     pod_env: bool = False                # has a pod directory (IPC/UTS pins, files, shm)
     pid_init: dict[str, int] | None = None   # the PID namespace's init (PodEnvironment)
     trace: dict[str, Any] = field(default_factory=dict)   # "run", "stop": cri_shim.trace JSON
+    teardown_started: bool = False       # a StopPodSandbox began its DELs (a retry repeats them)
 
     @property
     def labels(self) -> dict[str, str]:

@@ -227,6 +227,40 @@ def test_crash_during_del_is_finished_by_the_next_stop(shim: Shim) -> None:
     assert shim.leftovers("testnet") == {}
 
 
+def test_a_repeated_del_after_bridge_lost_the_veth_leaves_no_masquerade_chain(shim: Shim) -> None:
+    """A crash inside bridge's DEL after it deleted the veth (simulated: the first
+    StopPodSandbox is killed in a plugin's DEL, and the pod's eth0 removed as bridge
+    would have): bridge's repeated DEL no longer finds the address its ipMasq rules
+    are keyed on and leaves them; cri-shim removes the one chain it can name for sure
+    (bridge's CNI-<sha512(network + sandbox id)>), and nothing is left."""
+    marks = shim.work / "marks"
+    marks.mkdir()
+    shim.write_conf("10-test.conflist", bridge_conflist(
+        "testnet", SUBNET, shim.ipam_dir, portmap=False,
+        extra=[{"type": "shim-test", "sleepOnDel": 30, "markDir": str(marks)}]))
+    shim.start()
+    sandbox_id = run(shim, pod_config("masq"))
+    netns = json.loads(status(shim, sandbox_id).info["info"])["netNamespacePath"]
+    assert shim.pod_chains()                               # bridge's ipMasq chain
+    stopping = shim.runtime.StopPodSandbox.future(pb.StopPodSandboxRequest(pod_sandbox_id=sandbox_id))
+    deadline = time.monotonic() + 20
+    while not (marks / f"del-{sandbox_id}").exists():
+        assert time.monotonic() < deadline, shim.log_tail()
+        time.sleep(0.01)
+    assert shim.proc is not None
+    shim.proc.send_signal(signal.SIGKILL)
+    shim.proc.wait()
+    stopping.cancel()
+    subprocess.run(["pkill", "-f", "shim-test"], check=False)
+    subprocess.run(["nsenter", f"--net={netns}", "ip", "link", "del", "eth0"], check=True)
+    shim.proc = None
+    shim.start()
+    shim.runtime.StopPodSandbox(pb.StopPodSandboxRequest(pod_sandbox_id=sandbox_id))
+    shim.runtime.RemovePodSandbox(pb.RemovePodSandboxRequest(pod_sandbox_id=sandbox_id))
+    assert shim.leftovers("testnet") == {}
+    assert "masquerade chain" in shim.log()
+
+
 def test_a_hanging_plugin_ends_at_the_clients_deadline_and_others_are_served(shim: Shim) -> None:
     future = start_slow_run(shim, 8)
     future.cancel()                                        # (that one is undone as it returns)
